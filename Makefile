@@ -9,8 +9,8 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): requirements.txt requirements-convert.txt
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-convert.txt 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import mxnet, mxboard, gluoncv, tensorflow" 2>/dev/null
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-convert.txt
+	$(PY) -c "import mxnet, mxboard, gluoncv, cv2"
 	touch $(STAMP)
 
 demo: $(STAMP)
