@@ -1,0 +1,309 @@
+"""The Generative Query Network (Eslami et al., "Neural scene representation and rendering", Science 2018) in Gluon.
+
+Letters used in shape comments throughout the project:
+  B  scenes in a batch               K  context views per scene (padded to a fixed maximum, see below)
+  L  generation steps                C  channels
+  H, W  image height and width       h, w  state height and width (H/4, W/4)
+  Z  latent channels
+
+Context size. The loader pads every batch to the same K with a `context_mask` (B, K) that is 1 for real
+views; r sums only masked-in views. Shapes never change between batches, so a model hybridized with
+static_alloc and static_shape binds its graph once, whatever context size a batch draws.
+
+Work that stays constant over the L steps is done once per batch, with results identical to the
+straightforward formulation (tests/test_core.py checks this):
+  * each ConvLSTM's gate convolution over concat(constant inputs, per-step inputs) is split, by
+    linearity, into one convolution of the constant part (r, v_q and the downsampled x_q), done once,
+    plus one of the per-step part (z, h) each step;
+  * the canvas u_l = sum_{j<=l} deconv(h_g^j) is never materialised at H x W. The 4x4 stride-4 write and
+    the 1x1 eta_g are both linear, so the mean image is one 4x4 stride-4 write of sum_l h_g^l with the
+    composed weight; and the inference core's 4x4 stride-4 read of u_l is a 1x1 convolution of the
+    running sum of h_g (a read of a write, patch by patch). The composed weights are computed in the graph
+    from the original parameters, so gradients reach exactly the parameters of the paper's model.
+  * the stride-4 write is a 1x1 convolution followed by depth_to_space, which avoids Conv2DTranspose
+    (it crashes under oneDNN when applied more than once, ARCHITECTURE.md).
+"""
+import math
+from dataclasses import asdict, dataclass
+
+from mxnet.gluon import HybridBlock, nn
+
+CAMERA_DIMS = 7  # x, y, z, sin yaw, cos yaw, sin pitch, cos pitch
+SCALE = 4        # image pixels per state pixel along each axis
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    representation: str = "tower"       # tower | pool | pyramid
+    image_size: int = 64                # H = W of every view
+    steps: int = 12                     # L, DRAW generation steps
+    hidden: int = 128                   # ConvLSTM hidden channels (also the canvas channels)
+    latent: int = 64                    # Z, latent channels per step
+    r_channels: int = 256               # channels of the scene representation r
+    shared_cores: bool = True           # one generator/inference ConvLSTM for all L steps, or one per step
+    canvas_to_inference: bool = True    # inference core also reads the canvas (the authors' advice)
+    kernel: int = 5                     # ConvLSTM and prior/posterior kernel size
+    query_down_channels: int = 48       # channels of the 4x4 stride-4 view of x_q (= 3*4*4, lossless)
+
+    def __post_init__(self):
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError("representation %r: choose one of %s" % (self.representation, sorted(REPRESENTATIONS)))
+        if self.image_size % SCALE:
+            raise ValueError("image_size %d: must be a multiple of %d" % (self.image_size, SCALE))
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _conv(in_channels, channels, kernel, stride=1, use_bias=True):
+    """A conv with its input channels given, so parameters have shapes before the first batch."""
+    return nn.Conv2D(channels, kernel, strides=stride, padding=(kernel - 1) // 2 if stride == 1 else 0,
+                     use_bias=use_bias, in_channels=in_channels)
+
+
+def _camera_map(F, camera, size):
+    """(N, 7) camera -> (N, 7, size, size), the camera broadcast over a feature map."""
+    return F.broadcast_to(F.reshape(camera, shape=(0, 0, 1, 1)), shape=(0, 0, size, size))
+
+
+class Tower(HybridBlock):
+    """The paper's Tower representation: (N, 3, H, W), (N, 7) -> (N, R, h, w)."""
+
+    def __init__(self, r_channels, image_size, **kwargs):
+        super().__init__(**kwargs)
+        self._size = image_size // SCALE
+        half = r_channels // 2
+        with self.name_scope():
+            self.conv1 = _conv(3, r_channels, 2, stride=2)
+            self.skip1 = _conv(r_channels, r_channels, 2, stride=2)
+            self.conv2 = _conv(r_channels, half, 3)
+            self.conv3 = _conv(half, r_channels, 2, stride=2)
+            self.skip2 = _conv(r_channels + CAMERA_DIMS, r_channels, 3)
+            self.conv4 = _conv(r_channels + CAMERA_DIMS, half, 3)
+            self.conv5 = _conv(half, r_channels, 3)
+            self.conv6 = _conv(r_channels, r_channels, 1)
+
+    def hybrid_forward(self, F, x, camera):
+        x = F.relu(self.conv1(x))                               # (N, R, H/2, W/2)
+        skip = F.relu(self.skip1(x))                            # (N, R, h, w)
+        x = F.relu(self.conv3(F.relu(self.conv2(x)))) + skip    # (N, R, h, w)
+        x = F.concat(x, _camera_map(F, camera, self._size), dim=1)  # (N, R+7, h, w)
+        skip = F.relu(self.skip2(x))
+        x = F.relu(self.conv5(F.relu(self.conv4(x)))) + skip    # (N, R, h, w)
+        return F.relu(self.conv6(x))
+
+
+class Pool(HybridBlock):
+    """The paper's Pool representation: the Tower averaged over space, (N, 3, H, W), (N, 7) -> (N, R, 1, 1)."""
+
+    def __init__(self, r_channels, image_size, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.tower = Tower(r_channels, image_size)
+
+    def hybrid_forward(self, F, x, camera):
+        return F.mean(self.tower(x, camera), axis=(2, 3), keepdims=True)  # (N, R, 1, 1)
+
+
+class Pyramid(HybridBlock):
+    """The paper's Pyramid representation: camera stacked on the image, four strided convs -> (N, R, 1, 1)."""
+
+    def __init__(self, r_channels, image_size, **kwargs):
+        super().__init__(**kwargs)
+        self._size = image_size
+        last = image_size // 8  # what three stride-2 convs leave, collapsed by the last conv
+        with self.name_scope():
+            self.convs = nn.HybridSequential()
+            in_channels = 3 + CAMERA_DIMS
+            for channels, kernel in ((r_channels // 8, 2), (r_channels // 4, 2), (r_channels // 2, 2),
+                                     (r_channels, last)):
+                self.convs.add(nn.Conv2D(channels, kernel, strides=kernel, activation="relu",
+                                         in_channels=in_channels))
+                in_channels = channels
+
+    def hybrid_forward(self, F, x, camera):
+        x = F.concat(x, _camera_map(F, camera, self._size), dim=1)  # (N, 3+7, H, W)
+        return self.convs(x)                                        # (N, R, 1, 1)
+
+
+REPRESENTATIONS = {"tower": Tower, "pool": Pool, "pyramid": Pyramid}
+
+
+class ConvLSTM(HybridBlock):
+    """A ConvLSTM cell; its caller passes the gates' constant part, convolved once for all L steps."""
+
+    def __init__(self, step_channels, hidden, kernel, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.step_conv = _conv(step_channels, 4 * hidden, kernel)
+
+    def hybrid_forward(self, F, const_gates, step_input, cell):
+        gates = const_gates + self.step_conv(step_input)        # (B, 4C, h, w)
+        i, f, o, g = F.split(gates, num_outputs=4, axis=1)      # 4 x (B, C, h, w)
+        cell = F.sigmoid(f) * cell + F.sigmoid(i) * F.tanh(g)
+        hidden = F.sigmoid(o) * F.tanh(cell)
+        return hidden, cell
+
+
+class GaussianHead(HybridBlock):
+    """A 5x5 conv giving a diagonal Gaussian (mu, sigma) over the Z latent maps."""
+
+    def __init__(self, hidden, latent, kernel, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv = _conv(hidden, 2 * latent, kernel)
+
+    def hybrid_forward(self, F, h):
+        mu, raw = F.split(self.conv(h), num_outputs=2, axis=1)  # 2 x (B, Z, h, w)
+        return mu, F.Activation(raw, act_type="softrelu") + 1e-4
+
+
+def gaussian_kl(F, mu_q, sigma_q, mu_p, sigma_p):
+    """KL(q || p) of diagonal Gaussians, summed over (Z, h, w): (B, Z, h, w) x 4 -> (B,)."""
+    kl = (F.log(sigma_p) - F.log(sigma_q)
+          + (F.square(sigma_q) + F.square(mu_q - mu_p)) / (2 * F.square(sigma_p)) - 0.5)
+    return F.sum(kl, axis=(1, 2, 3))
+
+
+def gaussian_nll(F, target, mean, sigma):
+    """-log N(target | mean, sigma^2) summed over pixels: (B, 3, H, W) x 2, scalar sigma -> (B,) nats.
+
+    NLL = sum_i (x_i - mu_i)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2; the last two terms are the
+    constant (for a 64x64 RGB image at sigma 0.7, 12288 * (log 0.7 + 0.919) = 6,909 nats) that makes
+    the loss plateau users report.
+    """
+    per_pixel = F.square(target - mean) / (2.0 * sigma * sigma) + (math.log(sigma) + 0.5 * LOG_2PI)
+    return F.sum(per_pixel, axis=(1, 2, 3))
+
+
+def mse(F, target, mean):
+    """Mean squared error per image: (B, 3, H, W) x 2 -> (B,)."""
+    return F.mean(F.square(target - mean), axis=(1, 2, 3))
+
+
+def bits_per_dim(nats, dims):
+    """Nats per image (NLL + KL of pixels in [0, 1]) -> bits per 8-bit sub-pixel (adds log2 256 = 8)."""
+    return nats / (dims * math.log(2.0)) + 8.0
+
+
+class GQN(HybridBlock):
+    """Representation network plus DRAW generator/inference cores.
+
+    Forward (posterior, for training and reconstruction):
+        (context_frames (B, K, 3, H, W), context_cameras (B, K, 7), context_mask (B, K),
+         query_camera (B, 7), noise (B, L, Z, h, w), target (B, 3, H, W)) -> (mean (B, 3, H, W), kl (B,))
+    With `sample_prior=True` the same network samples z from the prior and takes no target:
+        (..., query_camera, noise) -> mean (B, 3, H, W). `generator()` returns that twin, sharing parameters.
+    Noise is an input (standard normal) so that a seed, a test or an exported model fixes it exactly.
+    """
+
+    def __init__(self, config=ModelConfig(), sample_prior=False, **kwargs):
+        super().__init__(**kwargs)
+        self.config, self._sample_prior, self._twin = config, sample_prior, {}
+        c, cores = config, 1 if config.shared_cores else config.steps
+        self._size = c.image_size // SCALE
+        gates = 4 * c.hidden
+        with self.name_scope():
+            self.representation = REPRESENTATIONS[c.representation](c.r_channels, c.image_size)
+            self.gen_const = _conv(CAMERA_DIMS + c.r_channels, cores * gates, c.kernel, use_bias=False)
+            self.inf_const = _conv(c.query_down_channels + CAMERA_DIMS + c.r_channels, cores * gates, c.kernel,
+                                   use_bias=False)
+            self.query_down = _conv(3, c.query_down_channels, SCALE, stride=SCALE)
+            self.gen_cores = nn.HybridSequential()
+            self.inf_cores = nn.HybridSequential()
+            inf_step = (3 if c.canvas_to_inference else 2) * c.hidden  # h_g, h_e (and the canvas read)
+            for _ in range(cores):
+                self.gen_cores.add(ConvLSTM(c.latent + c.hidden, c.hidden, c.kernel))
+                self.inf_cores.add(ConvLSTM(inf_step, c.hidden, c.kernel))
+            self.prior = GaussianHead(c.hidden, c.latent, c.kernel)
+            self.posterior = GaussianHead(c.hidden, c.latent, c.kernel)
+            # The canvas: u += write(h_g) each step (4x4 stride-4 transposed conv, Conv2DTranspose layout),
+            # mean = eta(u_L) (1x1 conv), and the inference core's read(u_l) (4x4 stride-4 conv).
+            self.write_weight = self.params.get("write_weight", shape=(c.hidden, c.hidden, SCALE, SCALE))
+            self.write_bias = self.params.get("write_bias", shape=(c.hidden,), init="zeros")
+            self.eta_weight = self.params.get("eta_weight", shape=(3, c.hidden))
+            self.eta_bias = self.params.get("eta_bias", shape=(3,), init="zeros")
+            if c.canvas_to_inference:
+                self.read_weight = self.params.get("read_weight", shape=(c.hidden, c.hidden, SCALE, SCALE))
+                self.read_bias = self.params.get("read_bias", shape=(c.hidden,), init="zeros")
+
+    def generator(self):
+        """The prior-sampling twin of this model (same parameters), built once."""
+        if "prior" not in self._twin:
+            self._twin["prior"] = GQN(self.config, sample_prior=True, prefix=self.prefix,
+                                      params=self.collect_params())
+        return self._twin["prior"]
+
+    def hybrid_forward(self, F, context_frames, context_cameras, context_mask, query_camera, noise, *target,
+                       **canvas):
+        r = self._represent(F, context_frames, context_cameras, context_mask)   # (B, R, h, w)
+        query_map = _camera_map(F, query_camera, self._size)                    # (B, 7, h, w)
+        const_g = self.gen_const(F.concat(query_map, r, dim=1))                 # (B, cores*4C, h, w)
+        const_e = None
+        if not self._sample_prior:
+            x_down = self.query_down(target[0])                                 # (B, 48, h, w)
+            const_e = self._per_step(F, self.inf_const(F.concat(x_down, query_map, r, dim=1)))
+        eps = F.split(noise, num_outputs=self.config.steps, axis=1, squeeze_axis=True) \
+            if self.config.steps > 1 else [F.reshape(noise, shape=(0, -3, -2))]  # L x (B, Z, h, w)
+        canvas_sum, kls = self._draw(F, self._per_step(F, const_g), const_e, eps, canvas)
+        mean = self._write_image(F, canvas_sum, canvas)                         # (B, 3, H, W)
+        return mean if self._sample_prior else (mean, F.add_n(*kls))
+
+    def _represent(self, F, context_frames, context_cameras, context_mask):
+        """Sum of the representations of the masked-in context views -> (B, R, h, w)."""
+        frames = F.reshape(context_frames, shape=(-3, -2))          # (B, K, 3, H, W) -> (B*K, 3, H, W)
+        cameras = F.reshape(context_cameras, shape=(-3, -2))        # (B, K, 7) -> (B*K, 7)
+        r = self.representation(frames, cameras)                    # (B*K, R, h', w')
+        r = F.reshape_like(r, context_mask, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (B, K, R, h', w')
+        mask = F.reshape(context_mask, shape=(0, 0, 1, 1, 1))       # (B, K) -> (B, K, 1, 1, 1)
+        r = F.sum(F.broadcast_mul(r, mask), axis=1)                 # (B, R, h', w')
+        if self.config.representation != "tower":
+            r = F.broadcast_to(r, shape=(0, 0, self._size, self._size))  # (B, R, 1, 1) -> (B, R, h, w)
+        return r
+
+    def _per_step(self, F, const):
+        """Constant gate input for each of the L steps: one tensor reused, or one slice per unshared core."""
+        if self.config.shared_cores:
+            return [const] * self.config.steps
+        return F.split(const, num_outputs=self.config.steps, axis=1)  # L x (B, 4C, h, w)
+
+    def _draw(self, F, const_g, const_e, eps, canvas):
+        """The L DRAW steps -> (sum_l h_g^l (B, C, h, w), per-step KL list of (B,))."""
+        c, shared = self.config, self.config.shared_cores
+        zeros = F.zeros_like(F.slice_axis(const_g[0], axis=1, begin=0, end=c.hidden))  # (B, C, h, w)
+        h_g = c_g = h_e = c_e = zeros
+        canvas_sum, kls = None, []
+        for step in range(c.steps):
+            mu, sigma = self.prior(h_g)                             # the prior reads h_g before this step's update
+            if const_e is not None:
+                inputs = [h_g, h_e]
+                if c.canvas_to_inference:
+                    inputs.append(self._read_canvas(F, zeros if canvas_sum is None else canvas_sum, step, canvas))
+                h_e, c_e = self.inf_cores[0 if shared else step](const_e[step], F.concat(*inputs, dim=1), c_e)
+                mu_q, sigma_q = self.posterior(h_e)
+                kls.append(gaussian_kl(F, mu_q, sigma_q, mu, sigma))
+                mu, sigma = mu_q, sigma_q
+            z = mu + sigma * eps[step]                              # (B, Z, h, w)
+            h_g, c_g = self.gen_cores[0 if shared else step](const_g[step], F.concat(z, h_g, dim=1), c_g)
+            canvas_sum = h_g if canvas_sum is None else canvas_sum + h_g
+        return canvas_sum, kls
+
+    def _read_canvas(self, F, canvas_sum, step, canvas):
+        """read(u_step), u_step = sum_{j<step} write(h_g^j) + step*write_bias, as a 1x1 conv of the sum."""
+        flat_read = F.reshape(canvas["read_weight"], shape=(0, -1))     # (C', C*16)
+        flat_write = F.reshape(canvas["write_weight"], shape=(0, -1))   # (C, C*16)
+        weight = F.reshape(F.dot(flat_read, flat_write, transpose_b=True), shape=(0, 0, 1, 1))  # (C', C, 1, 1)
+        read_of_bias = F.dot(F.sum(canvas["read_weight"], axis=(2, 3)), canvas["write_bias"])  # (C',)
+        bias = step * read_of_bias + canvas["read_bias"]
+        return F.Convolution(canvas_sum, weight, bias, kernel=(1, 1), num_filter=self.config.hidden)
+
+    def _write_image(self, F, canvas_sum, canvas):
+        """sigmoid(eta(u_L)), u_L = write(sum_l h_g^l) + L*write_bias, as a 1x1 conv and depth_to_space."""
+        per_channel = F.reshape(F.transpose(canvas["write_weight"], axes=(1, 2, 3, 0)), shape=(0, -1))  # (C, 16*C)
+        weight = F.reshape(F.dot(canvas["eta_weight"], per_channel), shape=(0, SCALE * SCALE, -1))  # (3, 16, C)
+        weight = F.reshape(F.transpose(weight, axes=(1, 0, 2)), shape=(-3, 0, 1, 1))  # (16*3, C, 1, 1)
+        bias = self.config.steps * F.dot(canvas["eta_weight"], canvas["write_bias"]) + canvas["eta_bias"]  # (3,)
+        patches = F.Convolution(canvas_sum, weight, F.tile(bias, reps=(SCALE * SCALE,)), kernel=(1, 1),
+                                num_filter=3 * SCALE * SCALE)                  # (B, 16*3, h, w)
+        return F.sigmoid(F.depth_to_space(patches, SCALE))                     # (B, 3, H, W)

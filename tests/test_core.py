@@ -1,0 +1,177 @@
+"""core.py: shapes, hybridized == imperative (values and every gradient), loss against numpy, restructuring."""
+import math
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd
+
+import core
+from reference_gqn import reference_forward
+
+nd = mx.nd
+SMALL = dict(steps=3, hidden=16, latent=8, r_channels=32, image_size=32)
+
+
+def make_inputs(config, batch=2, views=3, seed=0):
+    rng = np.random.RandomState(seed)
+    size = config.image_size // 4
+    mask = np.zeros((batch, views), np.float32)
+    for b in range(batch):
+        mask[b, :1 + b % views] = 1  # different context sizes, padded views present
+    arrays = (rng.uniform(size=(batch, views, 3, config.image_size, config.image_size)),
+              rng.normal(size=(batch, views, 7)), mask, rng.normal(size=(batch, 7)),
+              rng.normal(size=(batch, config.steps, config.latent, size, size)),
+              rng.uniform(size=(batch, 3, config.image_size, config.image_size)))
+    return [nd.array(a, dtype="float32") for a in arrays]
+
+
+def make_model(config, seed=0):
+    mx.random.seed(seed)
+    model = core.GQN(config)
+    model.initialize(mx.init.Xavier(magnitude=2.0))
+    return model
+
+
+def loss_and_grads(model, inputs):
+    with autograd.record():
+        mean, kl = model(*inputs)
+        loss = (core.gaussian_nll(nd, inputs[-1], mean, 0.9) + kl).mean()
+    loss.backward()
+    grads = {name: p.grad().asnumpy().copy() for name, p in model.collect_params().items()}
+    return mean.asnumpy(), kl.asnumpy(), grads
+
+
+@pytest.mark.parametrize("representation", ["tower", "pool", "pyramid"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_output_shapes(representation, shared):
+    config = core.ModelConfig(representation=representation, shared_cores=shared, **SMALL)
+    model = make_model(config)
+    inputs = make_inputs(config, batch=3)
+    mean, kl = model(*inputs)
+    assert mean.shape == (3, 3, 32, 32) and kl.shape == (3,)
+    assert 0 < mean.min().asscalar() and mean.max().asscalar() < 1 and kl.min().asscalar() >= 0
+    r = model._represent(nd, *inputs[:3])
+    assert r.shape == (3, 32, 8, 8)
+    assert model.generator()(*inputs[:5]).shape == (3, 3, 32, 32)
+
+
+@pytest.mark.parametrize("config", [
+    core.ModelConfig(representation="tower", shared_cores=True, **SMALL),
+    core.ModelConfig(representation="pool", shared_cores=False, **SMALL),
+    core.ModelConfig(representation="pyramid", shared_cores=True, canvas_to_inference=False, **SMALL),
+], ids=["tower-shared", "pool-unshared", "pyramid-no-canvas-read"])
+def test_hybridized_gradients_equal_imperative(config):
+    inputs = make_inputs(config)
+    model = make_model(config)
+    mean_i, kl_i, grads_i = loss_and_grads(model, inputs)
+    model.hybridize(static_alloc=True, static_shape=True)
+    for _ in range(2):  # the second call runs the cached, statically allocated graph
+        mean_h, kl_h, grads_h = loss_and_grads(model, inputs)
+    np.testing.assert_allclose(mean_h, mean_i, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kl_h, kl_i, rtol=1e-4, atol=1e-3)
+    zero = [name for name, grad in grads_i.items() if not grad.any()]
+    # Only an unshared step-0 inference core sees all-zero per-step inputs (h_g = h_e = canvas = 0).
+    assert len(zero) <= (0 if config.shared_cores else 1), zero
+    for name in zero:
+        assert not grads_h[name].any(), name
+    for name, grad in grads_i.items():
+        scale = np.linalg.norm(grad) or 1.0
+        err = np.linalg.norm(grads_h[name] - grad) / scale
+        assert err < 1e-3, "%s: hybridized gradient differs from imperative by %.2e (relative L2)" % (name, err)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("canvas_read", [True, False])
+def test_restructured_model_equals_straightforward(shared, canvas_read):
+    config = core.ModelConfig(shared_cores=shared, canvas_to_inference=canvas_read, **SMALL)
+    model = make_model(config)
+    inputs = make_inputs(config)
+    mean, kl = model(*inputs)
+    ref_mean, ref_kl = reference_forward(model, *inputs)
+    np.testing.assert_allclose(mean.asnumpy(), ref_mean.asnumpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kl.asnumpy(), ref_kl.asnumpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_context_padding_is_ignored():
+    config = core.ModelConfig(**SMALL)
+    model = make_model(config)
+    inputs = make_inputs(config)
+    mean, _ = model(*inputs)
+    frames, cameras = inputs[0].copy(), inputs[1].copy()
+    frames[:, 2] = nd.random.uniform(shape=frames[:, 2].shape)  # view 2 is masked out in both scenes
+    cameras[:, 2] = 5.0
+    mean2, _ = model(frames, cameras, *inputs[2:])
+    np.testing.assert_allclose(mean2.asnumpy(), mean.asnumpy(), rtol=1e-6)
+
+
+def numpy_nll(target, mean, sigma):
+    var = sigma ** 2
+    return np.sum(0.5 * np.log(2 * np.pi * var) + (target - mean) ** 2 / (2 * var), axis=(1, 2, 3))
+
+
+def numpy_kl(mq, sq, mp, sp):
+    return np.sum(np.log(sp / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * sp ** 2) - 0.5, axis=(1, 2, 3))
+
+
+def test_nll_and_kl_match_numpy():
+    rng = np.random.RandomState(1)
+    target, mean = rng.uniform(size=(2, 2, 3, 3, 4)).astype(np.float64)
+    for sigma in (2.0, 0.7):
+        got = core.gaussian_nll(nd, nd.array(target), nd.array(mean), sigma).asnumpy()
+        np.testing.assert_allclose(got, numpy_nll(target, mean, sigma), rtol=1e-5)
+    mq, mp = rng.normal(size=(2, 2, 4, 3, 3))
+    sq, sp = rng.uniform(0.2, 2.0, size=(2, 2, 4, 3, 3))
+    got = core.gaussian_kl(nd, *[nd.array(a) for a in (mq, sq, mp, sp)]).asnumpy()
+    np.testing.assert_allclose(got, numpy_kl(mq, sq, mp, sp), rtol=1e-4)
+    assert np.all(got > 0)
+    same = core.gaussian_kl(nd, *[nd.array(a) for a in (mq, sq, mq, sq)]).asnumpy()
+    np.testing.assert_allclose(same, 0.0, atol=1e-5)
+
+
+def test_plateau_constant_and_bits_per_dim():
+    dims = 3 * 64 * 64
+    zero = nd.zeros((1, 3, 64, 64))
+    nll = core.gaussian_nll(nd, zero, zero, 0.7).asscalar()
+    assert abs(nll - dims * (math.log(0.7) + 0.5 * math.log(2 * math.pi))) < 1.0
+    assert abs(nll - 6909) < 1.0  # the plateau users report is this constant
+    assert core.bits_per_dim(dims * math.log(2.0), dims) == pytest.approx(9.0)
+    np.testing.assert_allclose(core.mse(nd, zero + 0.5, zero).asnumpy(), [0.25])
+
+
+def test_same_seed_same_generated_image():
+    config = core.ModelConfig(**SMALL)
+    model = make_model(config)
+    renderer = model.generator()
+    renderer.hybridize(static_alloc=True, static_shape=True)
+    inputs = make_inputs(config)[:4]
+    images = []
+    for seed in (7, 7, 8):
+        mx.random.seed(seed)
+        noise = nd.random.normal(shape=(2, config.steps, config.latent, 8, 8))
+        images.append(renderer(*inputs, noise).asnumpy())
+    np.testing.assert_array_equal(images[0], images[1])
+    assert np.abs(images[0] - images[2]).max() > 1e-4
+
+
+def count_paper_parameters(c):
+    """Independent count of the paper config's parameters from the architecture's layer list."""
+    conv = lambda cin, cout, k, bias=True: cin * cout * k * k + (cout if bias else 0)
+    R, C, Z, k, gates = c.r_channels, c.hidden, c.latent, c.kernel, 4 * c.hidden
+    tower = (conv(3, R, 2) + conv(R, R, 2) + conv(R, R // 2, 3) + conv(R // 2, R, 2)
+             + conv(R + 7, R, 3) + conv(R + 7, R // 2, 3) + conv(R // 2, R, 3) + conv(R, R, 1))
+    generator = conv(7 + R, gates, k, False) + conv(Z + C, gates, k)
+    inference = conv(48 + 7 + R, gates, k, False) + conv(3 * C, gates, k) + conv(3, 48, 4)
+    heads = 2 * conv(C, 2 * Z, k)
+    canvas = C * C * 16 + C + 3 * C + 3 + C * C * 16 + C
+    return tower + generator + inference + heads + canvas
+
+
+def test_paper_config_parameter_count():
+    config = core.ModelConfig()
+    model = core.GQN(config)
+    model.initialize()
+    model(*make_inputs(config, batch=1, views=1))  # completes deferred shapes
+    total = sum(p.data().size for p in model.collect_params().values())
+    print("\nparameters at the paper config (tower, shared cores, canvas read): %d" % total)
+    assert total == count_paper_parameters(config)
