@@ -1,0 +1,79 @@
+"""Seconds per training step, samples/s and peak RSS of GQN at the paper config (Tower, L=12, 64x64, K=5).
+
+Example: python bench/bench_step.py --batch 8 36 --repeats 5
+Each (batch, precision) runs in its own process so that peak RSS is that configuration's alone.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_one(args):
+    """Time `args.repeats` training steps of one configuration in this process; print one JSON line."""
+    sys.path.insert(0, ROOT)
+    import mxnet as mx
+    from mxnet import autograd, gluon
+    import core
+    config = core.ModelConfig(shared_cores=not args.unshared, canvas_to_inference=args.canvas_read)
+    mx.random.seed(0)
+    model = core.GQN(config)
+    model.initialize(mx.init.Xavier())
+    model.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": 5e-4})
+    B, K, size = args.batch[0], args.context, config.image_size // 4
+    nd = mx.nd
+    inputs = [nd.random.uniform(shape=(B, K, 3, 64, 64)), nd.random.normal(shape=(B, K, 7)), nd.ones((B, K)),
+              nd.random.normal(shape=(B, 7))]
+    target = nd.random.uniform(shape=(B, 3, 64, 64))
+    times = []
+    for i in range(args.warmup + args.repeats):
+        noise = nd.random.normal(shape=(B, config.steps, config.latent, size, size))
+        start = time.perf_counter()
+        with autograd.record():
+            mean, kl = model(*inputs, noise, target)
+            loss = core.gaussian_nll(nd, target, mean, 2.0) + kl
+        loss.backward()
+        trainer.step(B)
+        loss.wait_to_read()
+        nd.waitall()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    print(json.dumps({"batch": B, "precision": "fp32", "canvas_read": args.canvas_read, "s_per_step": step,
+                      "samples_per_s": B / step, "min": min(times), "max": max(times),
+                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[8, 36], help="batch sizes (default: 8 36)")
+    parser.add_argument("--context", type=int, default=5, help="context views per scene (default: 5)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported (default: 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    parser.add_argument("--canvas-read", type=int, default=0, choices=[0, 1],
+                        help="inference core reads the canvas; 0 matches the PyTorch reference port (default: 0)")
+    parser.add_argument("--unshared", action="store_true", help="one core per step (default: shared)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return run_one(args)
+    print("%6s %9s %8s %10s %10s %9s" % ("batch", "precision", "s/step", "samples/s", "range", "peak RSS"))
+    for batch in args.batch:
+        cmd = [sys.executable, __file__, "--one", "--batch", str(batch), "--context", str(args.context),
+               "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--canvas-read", str(args.canvas_read)]
+        cmd += ["--unshared"] if args.unshared else []
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        print("%6d %9s %8.2f %10.2f %4.2f-%4.2f %7.2f GB" % (r["batch"], r["precision"], r["s_per_step"],
+                                                         r["samples_per_s"], r["min"], r["max"], r["peak_rss_gb"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Image grids (context views | predictions | ground truth) as one pure numpy function, plus PNG and GIF writers."""
+import numpy as np
+from PIL import Image
+
+PAD = 2          # pixels between tiles
+EMPTY = 0.5      # grey for masked-out context slots
+
+
+def to_uint8(images):
+    """Float images in [0, 1], channels first (..., 3, H, W) -> uint8 channels last (..., H, W, 3)."""
+    images = np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0)
+    return (np.moveaxis(images, -3, -1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def prediction_grid(context_frames, context_mask, predictions, targets):
+    """One row per scene: its K context views, then P predictions, then the ground truth.
+
+    context_frames (B, K, 3, H, W), context_mask (B, K), predictions (B, P, 3, H, W), targets (B, 3, H, W),
+    all numpy floats in [0, 1] -> (B*(H+PAD)+PAD, (K+P+1)*(W+PAD)+PAD, 3) uint8.
+    """
+    mask = np.asarray(context_mask, dtype=np.float32)[:, :, None, None, None]     # (B, K, 1, 1, 1)
+    context = context_frames * mask + EMPTY * (1.0 - mask)
+    tiles = np.concatenate([context, predictions, targets[:, None]], axis=1)   # (B, K+P+1, 3, H, W)
+    return tile_rows(to_uint8(tiles))
+
+
+def tile_rows(tiles):
+    """uint8 (rows, cols, H, W, 3) -> one white-bordered image."""
+    rows, cols, height, width, _ = tiles.shape
+    canvas = np.full((rows * (height + PAD) + PAD, cols * (width + PAD) + PAD, 3), 255, np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            top, left = PAD + r * (height + PAD), PAD + c * (width + PAD)
+            canvas[top:top + height, left:left + width] = tiles[r, c]
+    return canvas
+
+
+def save_png(image, path):
+    Image.fromarray(image).save(path)
+
+
+def save_gif(frames, path, seconds_per_frame=0.1):
+    """uint8 (N, H, W, 3) -> an endlessly looping GIF."""
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)
