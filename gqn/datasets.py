@@ -1,0 +1,47 @@
+"""The table of scene datasets: DeepMind's seven gqn-datasets and our synthetic families."""
+from collections import namedtuple
+
+DatasetInfo = namedtuple(
+    "DatasetInfo", ["name", "frame_size", "views_per_scene", "train_files", "test_files"])
+
+# DeepMind's gqn-datasets (their data_reader.py); file counts are per split.
+DEEPMIND_DATASETS = {info.name: info for info in [
+    DatasetInfo("jaco", 64, 11, 3600, 400),
+    DatasetInfo("mazes", 84, 300, 1080, 120),
+    DatasetInfo("rooms_free_camera_with_object_rotations", 128, 10, 2034, 226),
+    DatasetInfo("rooms_ring_camera", 64, 10, 2160, 240),
+    DatasetInfo("rooms_free_camera_no_object_rotations", 64, 10, 2160, 240),
+    DatasetInfo("shepard_metzler_5_parts", 64, 15, 900, 100),
+    DatasetInfo("shepard_metzler_7_parts", 64, 15, 900, 100),
+]}
+
+# Families rendered by gqn.synthetic; they have no fixed file count (None).
+SYNTHETIC_FAMILIES = {info.name: info for info in [
+    DatasetInfo("rooms_ring", 64, 10, None, None),
+    DatasetInfo("shepard_metzler", 64, 15, None, None),
+]}
+
+ALL_DATASETS = {**DEEPMIND_DATASETS, **SYNTHETIC_FAMILIES}
+
+SPLITS = ("train", "test")
+
+
+def get_dataset(name, table=None):
+    """The DatasetInfo called `name` in `table` (default: all datasets), else ValueError."""
+    table = ALL_DATASETS if table is None else table
+    if name not in table:
+        raise ValueError("unknown dataset %r; valid names: %s" % (name, ", ".join(table)))
+    return table[name]
+
+
+def expected_files(info, split):
+    """How many TFRecord files DeepMind publishes for this split (None for synthetic data)."""
+    if split not in SPLITS:
+        raise ValueError("unknown split %r; valid splits: %s" % (split, ", ".join(SPLITS)))
+    return info.train_files if split == "train" else info.test_files
+
+
+def file_stem(index, count):
+    """DeepMind's file stem for file `index` (from 1) of `count`: both padded to len(str(count))."""
+    width = len(str(count))
+    return "%0*d-of-%0*d" % (width, index, width, count)
