@@ -1,0 +1,203 @@
+"""Batches of (context views, query camera, target view) from our RecordIO scene shards, for Gluon.
+
+Shapes: B batch, K = max_context context slots, S views per scene, H = W frame size.
+A batch has k real context views (k drawn per batch from 1..max_context, or fixed), placed first
+in the K slots; the other slots are zeros with context_mask 0, so every batch has the same shape
+and a hybridized model never rebuilds its graph. The query view is never among the context views.
+Batches are a pure function of (seed, epoch): the batch sampler draws scene order, k and a view
+seed per scene, and workers decode only the k + 1 views they need.
+"""
+import functools
+import os
+from collections import namedtuple
+
+import cv2
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from gqn import scene_format
+
+class Batch(namedtuple("Batch", ["context_frames", "context_cameras", "context_mask",
+                                 "query_camera", "target"])):
+    """context_frames (B, K, 3, H, W) float32 in [0, 1]; context_cameras (B, K, 7); context_mask
+    (B, K) float32, 1 for a real view; query_camera (B, 7); target (B, 3, H, W).
+
+    Loader batches hold mx.nd arrays (in shared CPU memory when made by workers); build_batch's
+    hold numpy arrays. as_in_context gives mx.nd arrays on the device the model runs on.
+    """
+    __slots__ = ()
+
+    def as_in_context(self, ctx):
+        return Batch(*(a.as_in_context(ctx) if isinstance(a, mx.nd.NDArray)
+                       else mx.nd.array(a, ctx=ctx, dtype=a.dtype) for a in self))
+
+
+def transform_cameras(raw):
+    """DeepMind's cameras (..., 5) x, y, z, yaw, pitch -> the model's (..., 7)
+    x, y, z, sin(yaw), cos(yaw), sin(pitch), cos(pitch)."""
+    raw = np.asarray(raw, np.float32)
+    yaw, pitch = raw[..., 3:4], raw[..., 4:5]
+    return np.concatenate([raw[..., :3], np.sin(yaw), np.cos(yaw), np.sin(pitch), np.cos(pitch)],
+                          -1)
+
+
+def decode_frames(jpegs):
+    """JPEG byte strings -> uint8 RGB frames (N, H, W, 3)."""
+    frames = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
+    return np.stack(frames)[..., ::-1]  # cv2 decodes to BGR
+
+
+def choose_views(num_views, k, rng):
+    """Indices (k + 1,) of distinct views: the query first, then k context views."""
+    if not 1 <= k <= num_views - 1:
+        raise ValueError("k=%d context views is not in 1..%d for %d views per scene"
+                         % (k, num_views - 1, num_views))
+    return rng.permutation(num_views)[:k + 1]
+
+
+def make_example(frames, cameras, max_context):
+    """One example from the chosen views, query first: frames (k+1, H, W, 3) uint8, raw cameras
+    (k+1, 5) -> (context_frames (K, 3, H, W), context_cameras (K, 7), context_mask (K,),
+    query_camera (7,), target (3, H, W)), float32 numpy."""
+    k = len(frames) - 1
+    images = frames.transpose(0, 3, 1, 2).astype(np.float32) / 255  # (k+1, 3, H, W)
+    cams = transform_cameras(cameras)  # (k+1, 7)
+    context_frames = np.zeros((max_context,) + images.shape[1:], np.float32)
+    context_cameras = np.zeros((max_context, 7), np.float32)
+    context_frames[:k], context_cameras[:k] = images[1:], cams[1:]
+    mask = (np.arange(max_context) < k).astype(np.float32)
+    return context_frames, context_cameras, mask, cams[0], images[0]
+
+
+def stack_examples(examples):
+    """Batch of numpy arrays stacked from a list of make_example tuples."""
+    return Batch(*(np.stack(field) for field in zip(*examples)))
+
+
+def build_batch(scenes, k, max_context, rng):
+    """A numpy Batch from decoded scenes [(frames (S, H, W, 3) uint8 RGB, raw cameras (S, 5))]:
+    for each scene a random query view and k other views as context (for tests and evaluation)."""
+    examples = []
+    for frames, cameras in scenes:
+        views = choose_views(len(frames), k, rng)
+        examples.append(make_example(frames[views], cameras[views], max_context))
+    return stack_examples(examples)
+
+
+class SceneDataset(gluon.data.Dataset):
+    """The scenes of root/split: item i is (JPEG byte strings (S,), raw cameras (S, 5)).
+
+    Shards are opened lazily and again in each process, so DataLoader workers never share a file
+    position with their parent.
+    """
+
+    def __init__(self, root, split):
+        self.split_dir = os.path.join(root, split)
+        self.manifest = scene_format.read_manifest(self.split_dir)
+        counts = [shard["scenes"] for shard in self.manifest["shards"]]
+        self._starts = np.cumsum([0] + counts)  # scene i lives in the shard whose range holds it
+        self._readers, self._pid = {}, None
+
+    def __len__(self):
+        return int(self._starts[-1])
+
+    def record(self, index):
+        """The raw scene record of scene `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError("scene %d is not in 0..%d" % (index, len(self) - 1))
+        if self._pid != os.getpid():
+            self._readers, self._pid = {}, os.getpid()
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        if shard not in self._readers:
+            rec, idx = scene_format.shard_paths(self.split_dir, self.manifest["shards"][shard]["name"])
+            self._readers[shard] = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
+        return self._readers[shard].read_idx(int(index - self._starts[shard]))
+
+    def __getitem__(self, index):
+        return scene_format.decode_scene(self.record(index))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_readers"], state["_pid"] = {}, None  # open file handles do not cross processes
+        return state
+
+
+class QueryDataset(gluon.data.Dataset):
+    """Examples keyed by (scene index, k, view seed), as drawn by ContextBatchSampler."""
+
+    def __init__(self, scenes, max_context):
+        self.scenes, self.max_context = scenes, max_context
+
+    def __len__(self):
+        return len(self.scenes)
+
+    def __getitem__(self, key):
+        index, k, view_seed = key
+        jpegs, cameras = self.scenes[index]
+        views = choose_views(len(jpegs), k, np.random.default_rng(view_seed))
+        return make_example(decode_frames([jpegs[v] for v in views]), cameras[views],
+                            self.max_context)
+
+
+class ContextBatchSampler(gluon.data.Sampler):
+    """Yields batches of (scene index, k, view seed) keys, one k per batch, drawn from (seed, epoch).
+
+    Each pass over the sampler is one epoch and advances `epoch`, so a resumed run that passes the
+    epoch it stopped at sees the batches it would have seen.
+    """
+
+    def __init__(self, num_scenes, batch_size, max_context, shuffle=True, seed=0, fixed_k=None,
+                 last_batch="discard", epoch=0):
+        if last_batch not in ("keep", "discard"):
+            raise ValueError("last_batch=%r; valid: 'keep', 'discard'" % (last_batch,))
+        self.num_scenes, self.batch_size, self.max_context = num_scenes, batch_size, max_context
+        self.shuffle, self.seed, self.fixed_k = shuffle, seed, fixed_k
+        self.last_batch, self.epoch = last_batch, epoch
+
+    def __len__(self):
+        if self.last_batch == "discard":
+            return self.num_scenes // self.batch_size
+        return -(-self.num_scenes // self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = rng.permutation(self.num_scenes) if self.shuffle else np.arange(self.num_scenes)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            scenes = order[start:start + self.batch_size]
+            k = self.fixed_k or int(rng.integers(1, self.max_context + 1))
+            view_seeds = rng.integers(0, 2 ** 63, len(scenes))
+            yield [(int(i), k, int(s)) for i, s in zip(scenes, view_seeds)]
+
+
+def to_batch(examples, shared=False):
+    """DataLoader batchify_fn: a Batch of mx.nd arrays, in shared memory when made in a worker."""
+    ctx = mx.Context("cpu_shared", 0) if shared else mx.cpu()
+    return Batch(*(mx.nd.array(a, ctx=ctx, dtype=a.dtype) for a in stack_examples(examples)))
+
+
+def _check_range(name, value, low, high):
+    if not (isinstance(value, (int, np.integer)) and low <= value <= high):
+        raise ValueError("%s=%r; valid: an integer in %d..%d" % (name, value, low, high))
+
+
+def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=0, seed=0,
+                fixed_k=None, epoch=0, last_batch="discard"):
+    """A gluon DataLoader of Batch over root/split (see the module docstring for the sampling).
+
+    max_context: K, at most S - 1; fixed_k: use exactly this many real context views (1..K)
+    instead of drawing k per batch; epoch: the first epoch's number (for resuming);
+    last_batch: 'discard' keeps every batch the same size, 'keep' yields the remainder too.
+    """
+    scenes = SceneDataset(root, split)
+    views = scenes.manifest["views_per_scene"]
+    _check_range("max_context", max_context, 1, views - 1)
+    _check_range("batch_size", batch_size, 1, max(len(scenes), 1))
+    if fixed_k is not None:
+        _check_range("fixed_k", fixed_k, 1, max_context)
+    sampler = ContextBatchSampler(len(scenes), batch_size, max_context, shuffle, seed, fixed_k,
+                                  last_batch, epoch)
+    return gluon.data.DataLoader(QueryDataset(scenes, max_context), batch_sampler=sampler,
+                                 batchify_fn=functools.partial(to_batch, shared=num_workers > 0),
+                                 num_workers=num_workers)
