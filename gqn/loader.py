@@ -148,12 +148,12 @@ class ContextBatchSampler(gluon.data.Sampler):
     """
 
     def __init__(self, num_scenes, batch_size, max_context, shuffle=True, seed=0, fixed_k=None,
-                 last_batch="discard", epoch=0):
+                 last_batch="discard", epoch=0, skip_batches=0):
         if last_batch not in ("keep", "discard"):
             raise ValueError("last_batch=%r; valid: 'keep', 'discard'" % (last_batch,))
         self.num_scenes, self.batch_size, self.max_context = num_scenes, batch_size, max_context
         self.shuffle, self.seed, self.fixed_k = shuffle, seed, fixed_k
-        self.last_batch, self.epoch = last_batch, epoch
+        self.last_batch, self.epoch, self.skip_batches = last_batch, epoch, skip_batches
 
     def __len__(self):
         if self.last_batch == "discard":
@@ -163,12 +163,14 @@ class ContextBatchSampler(gluon.data.Sampler):
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
+        skip, self.skip_batches = self.skip_batches, 0  # a resumed epoch skips what was trained on, once
         order = rng.permutation(self.num_scenes) if self.shuffle else np.arange(self.num_scenes)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for number, start in enumerate(range(0, len(self) * self.batch_size, self.batch_size)):
             scenes = order[start:start + self.batch_size]
             k = self.fixed_k or int(rng.integers(1, self.max_context + 1))
             view_seeds = rng.integers(0, 2 ** 63, len(scenes))
-            yield [(int(i), k, int(s)) for i, s in zip(scenes, view_seeds)]
+            if number >= skip:
+                yield [(int(i), k, int(s)) for i, s in zip(scenes, view_seeds)]
 
 
 def to_batch(examples, shared=False):
@@ -183,12 +185,13 @@ def _check_range(name, value, low, high):
 
 
 def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=0, seed=0,
-                fixed_k=None, epoch=0, last_batch="discard"):
+                fixed_k=None, epoch=0, last_batch="discard", skip_batches=0):
     """A gluon DataLoader of Batch over root/split (see the module docstring for the sampling).
 
     max_context: K, at most S - 1; fixed_k: use exactly this many real context views (1..K)
     instead of drawing k per batch; epoch: the first epoch's number (for resuming);
-    last_batch: 'discard' keeps every batch the same size, 'keep' yields the remainder too.
+    last_batch: 'discard' keeps every batch the same size, 'keep' yields the remainder too;
+    skip_batches: leave out the first batches of the first epoch (a resumed run), drawing the same keys.
     """
     scenes = SceneDataset(root, split)
     views = scenes.manifest["views_per_scene"]
@@ -197,7 +200,7 @@ def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=
     if fixed_k is not None:
         _check_range("fixed_k", fixed_k, 1, max_context)
     sampler = ContextBatchSampler(len(scenes), batch_size, max_context, shuffle, seed, fixed_k,
-                                  last_batch, epoch)
+                                  last_batch, epoch, skip_batches)
     return gluon.data.DataLoader(QueryDataset(scenes, max_context), batch_sampler=sampler,
                                  batchify_fn=functools.partial(to_batch, shared=num_workers > 0),
                                  num_workers=num_workers)
