@@ -24,6 +24,7 @@ straightforward formulation (tests/test_core.py checks this):
     (it crashes under oneDNN when applied more than once, ARCHITECTURE.md).
 """
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 from mxnet.gluon import HybridBlock, nn
@@ -200,7 +201,7 @@ class GQN(HybridBlock):
 
     def __init__(self, config=ModelConfig(), sample_prior=False, **kwargs):
         super().__init__(**kwargs)
-        self.config, self._sample_prior, self._twin = config, sample_prior, {}
+        self.config, self._sample_prior = config, sample_prior
         c, cores = config, 1 if config.shared_cores else config.steps
         self._size = c.image_size // SCALE
         gates = 4 * c.hidden
@@ -230,10 +231,17 @@ class GQN(HybridBlock):
 
     def generator(self):
         """The prior-sampling twin of this model (same parameters), built once."""
-        if "prior" not in self._twin:
-            self._twin["prior"] = GQN(self.config, sample_prior=True, prefix=self.prefix,
-                                      params=self.collect_params())
-        return self._twin["prior"]
+        if "_prior_twin" not in self.__dict__:  # kept out of Gluon's child registry: it shares, not owns
+            twin = GQN(self.config, sample_prior=True, prefix=self.prefix, params=self.collect_params())
+            object.__setattr__(self, "_prior_twin", twin)
+        return self._prior_twin
+
+    def __call__(self, *args):
+        if not self._sample_prior:
+            return super().__call__(*args)
+        with warnings.catch_warnings():  # the prior pass leaves the inference network unused, as it should
+            warnings.filterwarnings("ignore", message="Parameter .* is not used by any computation")
+            return super().__call__(*args)
 
     def hybrid_forward(self, F, context_frames, context_cameras, context_mask, query_camera, noise, *target,
                        **canvas):

@@ -1,0 +1,415 @@
+"""Train a GQN: annealed pixel sigma and learning rate, TensorBoard logs, validation grids, checkpoints and resume.
+
+Example: python train_gqn.py --preset cpu-demo            (synthetic rooms, a few minutes on a CPU)
+         python train_gqn.py --dataset shepard_metzler_7_parts --data-dir /data/gqn --gpus 0,1
+         python train_gqn.py --resume runs/rooms_ring-20261122-101500
+"""
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from tqdm import tqdm
+
+import core
+from gqn import checkpoint, images
+from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, get_dataset
+from gqn.loader import make_loader
+from gqn.schedules import linear_anneal
+from gqn.synthetic import ensure_synthetic
+
+
+def arg(default, help, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _flag_bool(text):
+    if text.lower() not in ("0", "1", "true", "false", "yes", "no"):
+        raise argparse.ArgumentTypeError("%r is not a boolean; use 1/0, true/false or yes/no" % text)
+    return text.lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = arg("rooms_ring_camera", "dataset: DeepMind's seven, or a synthetic family rendered on first use",
+                       sorted(ALL_DATASETS))
+    data_dir: str = arg("datasets", "root holding converted datasets as DATA_DIR/NAME/{train,test}")
+    max_context: int = arg(0, "most context views per scene; 0 = views per scene - 1 (the paper)")
+    batch_size: int = arg(36, "scenes per step, over all devices (paper: 36)")
+    steps: int = arg(12, "L, generation steps")
+    latent: int = arg(64, "latent maps per step")
+    hidden: int = arg(128, "recurrent (hidden) maps of the ConvLSTM cores")
+    r_channels: int = arg(256, "channels of the scene representation")
+    representation: str = arg("tower", "scene representation network", sorted(core.REPRESENTATIONS))
+    shared_cores: bool = arg(True, "share the ConvLSTM cores across the L steps")
+    canvas_to_inference: bool = arg(True, "the inference core reads the canvas (authors' advice)")
+    kernel: int = arg(5, "ConvLSTM and prior/posterior kernel size")
+    sigma_initial: float = arg(2.0, "pixel standard deviation at step 0")
+    sigma_final: float = arg(0.7, "pixel standard deviation after --sigma-steps")
+    sigma_steps: int = arg(200000, "steps over which pixel sigma anneals linearly")
+    lr_initial: float = arg(5e-4, "Adam learning rate at step 0")
+    lr_final: float = arg(5e-5, "learning rate after --lr-steps")
+    lr_steps: int = arg(1600000, "steps over which the learning rate anneals linearly")
+    max_steps: int = arg(2000000, "length of training in steps")
+    minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes; 0 = no limit")
+    val_scenes: int = arg(72, "held-out scenes scored at each validation")
+    val_every: int = arg(5000, "validate every this many steps")
+    log_every: int = arg(100, "log training scalars every this many steps")
+    checkpoint_every: int = arg(5000, "checkpoint every this many steps")
+    log_dir: str = arg("runs", "runs are made in LOG_DIR/DATASET-TIME[-SUFFIX]")
+    run_suffix: str = arg("", "appended to the run name")
+    gpus: str = arg("", "comma-separated GPU ids, e.g. 0,1 (data parallel); empty = CPU")
+    kvstore: str = arg("device", "MXNet kvstore; dist_* for several machines (see README)",
+                       ["device", "local", "dist_sync", "dist_device_sync", "dist_async"])
+    workers: int = arg(2, "DataLoader worker processes")
+    seed: int = arg(0, "seed of data order, context draws, noise and initialisation")
+    synthetic_scenes: int = arg(2000, "training scenes rendered for a synthetic family (test: 1/10)")
+    image_size: int = arg(64, "frame size rendered for a synthetic family (converted data: from its manifest)")
+
+
+PRESETS = {
+    "cpu-demo": dict(dataset="rooms_ring", image_size=32, batch_size=16, max_context=5, steps=6, latent=16,
+                     hidden=64, r_channels=64, sigma_steps=3000, lr_initial=1e-3, lr_final=2e-4, lr_steps=6000,
+                     max_steps=100000, minutes=10.0, val_scenes=64, val_every=200, log_every=20,
+                     checkpoint_every=200, synthetic_scenes=2000),
+    "dry-run": dict(dataset="rooms_ring", image_size=16, batch_size=4, max_context=3, steps=2, latent=4, hidden=8,
+                    r_channels=8, max_steps=4, val_scenes=4, val_every=2, log_every=1, checkpoint_every=2,
+                    synthetic_scenes=16, workers=0),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="defaults for a purpose (flags still win): "
+                        + "; ".join("%s: %s" % (k, v) for k, v in PRESETS.items()))
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
+    parser.add_argument("--dry-run", action="store_true", help="same as --preset dry-run: seconds, tiny data")
+    parser.add_argument("--run-dir", help="exact run directory (default: LOG_DIR/DATASET-TIME[-SUFFIX])")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, type=_flag_bool if f.type is bool else f.type, default=f.default,
+                            choices=f.metadata["choices"], help="%s (default: %s)" % (f.metadata["help"], f.default))
+    args = parser.parse_args(argv)
+    preset = "dry-run" if args.dry_run else args.preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
+        args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    return args, TrainConfig(**values)
+
+
+def model_config(config, image_size):
+    return core.ModelConfig(representation=config.representation, image_size=image_size, steps=config.steps,
+                            hidden=config.hidden, latent=config.latent, r_channels=config.r_channels,
+                            shared_cores=config.shared_cores, canvas_to_inference=config.canvas_to_inference,
+                            kernel=config.kernel)
+
+
+def prepare_data(config):
+    """-> (root, train manifest) of the dataset; a synthetic family is rendered on first use."""
+    root = os.path.join(config.data_dir, config.dataset)
+    if config.dataset in SYNTHETIC_FAMILIES:
+        test_scenes = max(config.synthetic_scenes // 10, config.val_scenes)
+        ensure_synthetic(root, config.dataset, config.synthetic_scenes, test_scenes, config.image_size, seed=0)
+    for split in ("train", "test"):
+        manifest = os.path.join(root, split, "manifest.json")
+        if not os.path.exists(manifest):
+            raise SystemExit("train_gqn.py: dataset %r not found: %s is missing. Convert DeepMind's TFRecords with "
+                             "data/gqn_data_to_recordio.py (data/README.md) into --data-dir, or train on a synthetic "
+                             "family: --dataset %s" % (config.dataset, manifest, " | ".join(SYNTHETIC_FAMILIES)))
+    with open(os.path.join(root, "train", "manifest.json")) as f:
+        return root, json.load(f)
+
+
+def max_context(config, manifest):
+    views = manifest["views_per_scene"]
+    k = config.max_context or views - 1
+    if not 1 <= k <= views - 1:
+        raise SystemExit("train_gqn.py: --max-context %d: valid 1..%d for %s (%d views per scene)"
+                         % (k, views - 1, config.dataset, views))
+    return k
+
+
+def training_batches(root, config, k, start_step, rank):
+    """Endless training batches from step `start_step` on, the same ones an uninterrupted run would see."""
+    loader = make_loader(root, "train", config.batch_size, k, num_workers=config.workers, seed=config.seed + rank)
+    per_epoch = len(loader)
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        loader = make_loader(root, "train", config.batch_size, k, num_workers=config.workers,
+                             seed=config.seed + rank, epoch=epoch, skip_batches=skip)
+        for batch in loader:
+            yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def validation_batches(root, config, k, per_device, ctx):
+    """The fixed held-out batches scored at every validation (same scenes, views and context sizes)."""
+    loader = make_loader(root, "test", per_device, k, shuffle=False, seed=12345, last_batch="keep")
+    batches = []
+    for batch in loader:
+        batches.append(batch.as_in_context(ctx))
+        if len(batches) * per_device >= config.val_scenes:
+            break
+    return batches
+
+
+def noise_for(model_cfg, batch_size, ctx):
+    size = model_cfg.image_size // core.SCALE
+    return mx.nd.random.normal(shape=(batch_size, model_cfg.steps, model_cfg.latent, size, size), ctx=ctx)
+
+
+def split_batch(batch, ctxs):
+    """A Batch -> one Batch per device (the batch size must divide evenly)."""
+    fields = [gluon.utils.split_and_load(a, ctxs, even_split=True) for a in batch]
+    return [type(batch)(*parts) for parts in zip(*fields)]
+
+
+def train_step(model, trainer, batch, ctxs, sigma, batch_size):
+    """Forward, backward and one Adam step -> per-sample (nll, kl, mse) NDArrays (no host sync)."""
+    terms = []
+    with autograd.record():
+        for part in split_batch(batch, ctxs):
+            noise = noise_for(model.config, part.target.shape[0], part.target.context)
+            mean, kl = model(*part[:4], noise, part.target)
+            nll = core.gaussian_nll(mx.nd, part.target, mean, sigma)
+            terms.append((nll, kl, mean, part.target, nll + kl))
+    autograd.backward([loss for *_, loss in terms])
+    trainer.step(batch_size)
+    return [(nll, kl, core.mse(mx.nd, target, mean)) for nll, kl, mean, target, _ in terms]
+
+
+def mean_terms(terms):
+    """Per-device per-sample (nll, kl, mse) -> {'nll', 'kl', 'mse', 'elbo'} floats (a host sync)."""
+    nll, kl, err = (float(np.concatenate([t[i].asnumpy() for t in terms]).mean()) for i in range(3))
+    return {"elbo": nll + kl, "nll": nll, "kl": kl, "mse": err}
+
+
+def validate(model, batches, sigma, seed):
+    """Posterior ELBO terms and the MSE of a prior sample on the fixed held-out batches; and their grid."""
+    renderer = model.generator()
+    mx.random.seed(seed)  # the same noise at every validation, so curves compare like with like
+    terms, rows = [], None
+    for batch in batches:
+        noise = noise_for(model.config, batch.target.shape[0], batch.target.context)
+        recon, kl = model(*batch[:4], noise, batch.target)
+        sample = renderer(*batch[:4], noise)
+        terms.append((core.gaussian_nll(mx.nd, batch.target, recon, sigma), kl, core.mse(mx.nd, batch.target, sample)))
+        if rows is None:
+            rows = (batch, mx.nd.stack(sample, recon, axis=1))  # (B, 2, 3, H, W): prior sample, reconstruction
+    metrics = mean_terms(terms)
+    metrics["mse_prior_sample"] = metrics.pop("mse")
+    metrics["bits_per_dim"] = core.bits_per_dim(metrics["elbo"], 3 * model.config.image_size ** 2)
+    batch, predictions = rows
+    n = min(8, batch.target.shape[0])
+    grid = images.prediction_grid(batch.context_frames[:n].asnumpy(), batch.context_mask[:n].asnumpy(),
+                                  predictions[:n].asnumpy(), batch.target[:n].asnumpy())
+    return metrics, grid
+
+
+class RunLog:
+    """Where a run's numbers go: mxboard (TensorBoard), metrics.jsonl and PNG grids; only rank 0 writes."""
+
+    def __init__(self, run_dir, enabled):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.writer = None
+        if enabled:
+            from mxboard import SummaryWriter
+            self.writer = SummaryWriter(logdir=run_dir, flush_secs=10)
+
+    def scalars(self, prefix, values, step):
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.writer.add_scalar("%s/%s" % (prefix, name), value, global_step=step)
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(dict(values, step=step, kind=prefix)) + "\n")
+
+    def grid(self, grid, step):
+        if not self.enabled:
+            return
+        images.save_png(grid, os.path.join(self.run_dir, "val-grid-%07d.png" % step))
+        images.save_png(grid, os.path.join(self.run_dir, "val-grid-latest.png"))
+        self.writer.add_image("val/grid", grid.transpose(2, 0, 1), global_step=step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def new_run_dir(config):
+    name = "%s-%s%s" % (config.dataset, time.strftime("%Y%m%d-%H%M%S"), "-" + config.run_suffix if config.run_suffix else "")
+    return os.path.join(config.log_dir, name)
+
+
+def resume_config(args, config, argv):
+    """The saved config of --resume RUN_DIR, with --max-steps / --minutes taken from the command line if given."""
+    found = checkpoint.find_checkpoint(os.path.join(args.resume, "checkpoint"))
+    if found is None:
+        raise SystemExit("train_gqn.py: --resume %s: no checkpoint there (expected %s/checkpoint/state.json)"
+                         % (args.resume, args.resume))
+    saved = TrainConfig(**checkpoint.load_state(found)["config"])
+    given = {name: getattr(config, name) for name in ("max_steps", "minutes")
+             if "--" + name.replace("_", "-") in (argv if argv is not None else sys.argv[1:])}
+    return found, dataclasses.replace(saved, **given)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def check_finite(values, step, run_dir, last_good):
+    if not all(np.isfinite(v) for v in values.values()):
+        raise NonFiniteLoss("loss is not finite at step %d (%s); stopping. The last good checkpoint (step %s) is kept "
+                            "in %s/checkpoint; resume from it with a lower --lr-initial or a larger --sigma-final"
+                            % (step, ", ".join("%s=%g" % kv for kv in values.items()), last_good, run_dir))
+
+
+def noise_seed(seed, rank, step):
+    """Each step's noise has its own seed, so a resumed run draws what an uninterrupted one would."""
+    return (seed * 1000003 + rank * 100003 + step) % (2 ** 31)
+
+
+class Stop:
+    """Set by SIGINT/SIGTERM: the loop then saves a checkpoint and exits cleanly."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __bool__(self):
+        return self.signal is not None
+
+
+def save(run, step, terms):
+    """Checkpoint after checking the loss it would keep is finite; rank 0 only."""
+    check_finite(mean_terms(terms), step, run["dir"], run["last_good"])
+    if run["rank"] == 0:
+        state = {"step": step, "config": dataclasses.asdict(run["config"]), "model": run["model"].config.to_dict(),
+                 "max_context": run["k"], "time": time.time()}
+        checkpoint.save_checkpoint(os.path.join(run["dir"], "checkpoint"), run["model"], run["trainer"], state)
+    run["last_good"] = step
+
+
+def train(run, step, stop):
+    """The loop, in a fixed order: schedule -> forward/backward -> step -> log -> validate -> checkpoint."""
+    config, model, trainer, log = run["config"], run["model"], run["trainer"], run["log"]
+    sigma_at = linear_anneal(config.sigma_initial, config.sigma_final, config.sigma_steps)
+    lr_at = linear_anneal(config.lr_initial, config.lr_final, config.lr_steps)
+    deadline = time.time() + 60 * config.minutes if config.minutes > 0 else float("inf")
+    batches = training_batches(run["root"], config, run["k"], step, run["rank"])
+    bar = tqdm(total=config.max_steps, initial=step, unit="step", disable=run["rank"] != 0, dynamic_ncols=True)
+    tick, tick_step, terms = time.time(), step, None
+    while step < config.max_steps and not stop and time.time() < deadline:
+        sigma, lr = sigma_at(step), lr_at(step)
+        trainer.set_learning_rate(lr)
+        mx.random.seed(noise_seed(config.seed, run["rank"], step))
+        terms = train_step(model, trainer, next(batches), run["ctxs"], sigma, config.batch_size)
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0:
+            values = mean_terms(terms)
+            check_finite(values, step, run["dir"], run["last_good"])
+            speed = (step - tick_step) * config.batch_size / (time.time() - tick)
+            tick, tick_step = time.time(), step
+            log.scalars("train", dict(values, samples_per_s=speed), step)
+            log.scalars("schedule", {"lr": lr, "sigma": sigma}, step)
+            bar.set_postfix(elbo="%.1f" % values["elbo"], kl="%.1f" % values["kl"], mse="%.4f" % values["mse"],
+                            samples_s="%.1f" % speed)
+        if step % config.val_every == 0:
+            run_validation(run, step, sigma)
+        if step % config.checkpoint_every == 0:
+            save(run, step, terms)
+    bar.close()
+    if terms is not None and run["last_good"] != step:
+        save(run, step, terms)
+        run_validation(run, step, sigma_at(step))
+    return step
+
+
+def run_validation(run, step, sigma):
+    metrics, grid = validate(run["model"], run["val"], sigma, seed=run["config"].seed + 777)
+    run["log"].scalars("val", metrics, step)
+    run["log"].grid(grid, step)
+    tqdm.write("step %d  validation: %s" % (step, "  ".join("%s %.4g" % kv for kv in metrics.items())))
+
+
+def make_kvstore(config):
+    """-> (kvstore or its name, rank, number of workers)."""
+    if config.kvstore.startswith("dist"):
+        kv = mx.kv.create(config.kvstore)
+        return kv, kv.rank, kv.num_workers
+    return config.kvstore, 0, 1
+
+
+def devices(config):
+    ctxs = [mx.gpu(int(i)) for i in config.gpus.split(",")] if config.gpus else [mx.cpu()]
+    if config.batch_size % len(ctxs):
+        raise SystemExit("train_gqn.py: --batch-size %d does not split evenly over %d devices (--gpus %s)"
+                         % (config.batch_size, len(ctxs), config.gpus))
+    return ctxs
+
+
+def build(config, manifest, ctxs, kv):
+    """Model (hybridized, with its prior twin) and Adam trainer of the paper."""
+    mx.random.seed(config.seed)
+    model = core.GQN(model_config(config, manifest["frame_size"]))
+    model.initialize(mx.init.Xavier(), ctx=ctxs)
+    model.hybridize(static_alloc=True, static_shape=True)
+    model.generator().hybridize(static_alloc=True, static_shape=True)
+    adam = {"learning_rate": config.lr_initial, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+    distributed = not isinstance(kv, str)
+    trainer = gluon.Trainer(model.collect_params(), "adam", adam, kvstore=kv,
+                            update_on_kvstore=False if distributed else None)
+    return model, trainer
+
+
+def main(argv=None):
+    args, config = parse_args(argv)
+    found = None
+    if args.resume:
+        found, config = resume_config(args, config, argv)
+    run_dir = args.resume or args.run_dir or new_run_dir(config)
+    kv, rank, num_workers = make_kvstore(config)
+    ctxs = devices(config)
+    root, manifest = prepare_data(config)
+    k = max_context(config, manifest)
+    model, trainer = build(config, manifest, ctxs, kv)
+    step = checkpoint.load_checkpoint(found, model, trainer, ctxs)["step"] if found else 0
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(config), f, indent=1)
+        print("run %s (%s step %d)\n%s" % (run_dir, "resumed at" if found else "new, from", step,
+                                           json.dumps(dataclasses.asdict(config))), flush=True)
+    run = {"config": config, "model": model, "trainer": trainer, "ctxs": ctxs, "root": root, "k": k,
+           "rank": rank, "dir": run_dir, "last_good": step if found else None,
+           "val": validation_batches(root, config, k, config.batch_size // len(ctxs), ctxs[0]),
+           "log": RunLog(run_dir, rank == 0)}
+    stop = Stop()
+    try:
+        step = train(run, step, stop)
+    except NonFiniteLoss as error:
+        raise SystemExit("train_gqn.py: %s" % error)
+    finally:
+        run["log"].close()
+    if num_workers > 1:
+        model.save_parameters(os.path.join(run_dir, "rank%d.params" % rank))
+    if rank == 0:
+        print("stopped at step %d%s; run in %s" % (step, " (signal %d)" % stop.signal if stop else "", run_dir))
+
+
+if __name__ == "__main__":
+    main()
