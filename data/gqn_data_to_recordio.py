@@ -9,7 +9,7 @@ A rerun skips the shards already finished, so an interrupted conversion resumes 
 and ends byte-identical to an uninterrupted one.
 """
 import argparse
-import multiprocessing
+import concurrent.futures
 import os
 import sys
 
@@ -79,18 +79,35 @@ def _source_files(root, info, split):
     return [os.path.join(src_dir, n) for n in names]
 
 
-def _run_jobs(jobs, workers, finished, total, desc):
-    """Convert the jobs (in a pool when workers > 1); raise ConversionError on the first bad file."""
-    pool = multiprocessing.Pool(workers) if workers > 1 and len(jobs) > 1 else None
-    results = pool.imap_unordered(convert_file, jobs) if pool else map(convert_file, jobs)
-    try:
-        for _, _, error in tqdm(results, total=total, initial=finished, unit="file", desc=desc):
-            if error:
-                raise ConversionError(error)
-    finally:
-        if pool:
-            pool.terminate()
-            pool.join()
+def _run_jobs(jobs, workers, bar):
+    """Convert the jobs (in worker processes when workers > 1); ConversionError on the first failure.
+
+    After a failure the files already being converted are finished (each is a complete shard
+    that a rerun keeps) and the rest are cancelled.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _finished(convert_file(job), bar)
+        return
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        futures = [pool.submit(convert_file, job) for job in jobs]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                _finished(future.result(), bar)
+        except concurrent.futures.process.BrokenProcessPool:
+            raise ConversionError("a worker process died (killed, or out of memory?); "
+                                  "rerun the same command to resume")
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _finished(result, bar):
+    """Count a converted file, or raise its error."""
+    _, _, error = result
+    if error:
+        raise ConversionError(error)
+    bar.update(1)
 
 
 def convert_split(info, root, out, split, workers=1):
@@ -105,8 +122,10 @@ def convert_split(info, root, out, split, workers=1):
     if len(jobs) < len(paths):
         print("%s/%s: %d shards already finished, skipping them"
               % (info.name, split, len(paths) - len(jobs)), file=sys.stderr)
+    desc = "%s/%s" % (info.name, split)
     try:
-        _run_jobs(jobs, workers, len(paths) - len(jobs), len(paths), "%s/%s" % (info.name, split))
+        with tqdm(total=len(paths), initial=len(paths) - len(jobs), unit="file", desc=desc) as bar:
+            _run_jobs(jobs, workers, bar)
     finally:
         scene_format.remove_temporary_files(split_dir)
     shards = [(s, scene_format.count_records(split_dir, s), os.path.basename(p))

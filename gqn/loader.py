@@ -61,6 +61,8 @@ def make_example(frames, cameras, max_context):
     (k+1, 5) -> (context_frames (K, 3, H, W), context_cameras (K, 7), context_mask (K,),
     query_camera (7,), target (3, H, W)), float32 numpy."""
     k = len(frames) - 1
+    if k > max_context:
+        raise ValueError("%d context views do not fit max_context=%d" % (k, max_context))
     images = frames.transpose(0, 3, 1, 2).astype(np.float32) / 255  # (k+1, 3, H, W)
     cams = transform_cameras(cameras)  # (k+1, 7)
     context_frames = np.zeros((max_context,) + images.shape[1:], np.float32)

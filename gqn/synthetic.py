@@ -126,9 +126,16 @@ def render_scene(family, seed, split, index, image_size=64):
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_STREAM[split], index)))
     scene, cameras = make_scene(rng, info.views_per_scene)
     images = render.render(scene, cameras, image_size, fov)
-    frames = [cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
-              .tobytes() for image in images]  # cv2 encodes BGR
-    return frames, cameras
+    return [encode_jpeg(image) for image in images], cameras
+
+
+def encode_jpeg(image):
+    """JPEG bytes of an RGB uint8 image (H, W, 3)."""
+    bgr = image[:, :, ::-1]  # cv2 encodes BGR
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("cv2 could not encode an image of shape %s as JPEG" % (image.shape,))
+    return data.tobytes()
 
 
 def _render_task(task):

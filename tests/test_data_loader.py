@@ -1,0 +1,98 @@
+"""The loader: fixed-K batch shapes, mask, query never in context, reproducibility, errors."""
+import numpy as np
+import pytest
+
+from gqn import loader, synthetic
+
+B, K = 4, 5
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("scenes"))
+    synthetic.write_split(path, "rooms_ring", "train", 10, image_size=32, workers=1)
+    return path
+
+
+def _epoch(data):
+    return [tuple(field.asnumpy() for field in batch) for batch in data]
+
+
+def test_transform_cameras_order():
+    raw = np.array([[1, 2, 3, np.pi / 2, np.pi / 6]], np.float32)
+    np.testing.assert_allclose(loader.transform_cameras(raw),
+                               [[1, 2, 3, 1, 0, 0.5, np.sqrt(3) / 2]], atol=1e-6)
+
+
+def test_batch_shapes_and_mask(root):
+    data = loader.make_loader(root, "train", B, K, seed=0)
+    ks = set()
+    for _ in range(4):
+        batches = _epoch(data)
+        assert len(batches) == 10 // B
+        for frames, cameras, mask, query, target in batches:
+            assert frames.shape == (B, K, 3, 32, 32) and cameras.shape == (B, K, 7)
+            assert mask.shape == (B, K) and query.shape == (B, 7) and target.shape == (B, 3, 32, 32)
+            assert all(a.dtype == np.float32 for a in (frames, cameras, mask, query, target))
+            k = int(mask[0].sum())
+            ks.add(k)
+            assert (mask == (np.arange(K) < k)).all()  # real views first, one k per batch
+            assert (frames[:, k:] == 0).all() and (cameras[:, k:] == 0).all()
+            assert frames.min() >= 0 and frames.max() <= 1 and frames[:, :k].max() > 0
+    assert len(ks) > 1 and ks <= set(range(1, K + 1))
+
+
+def test_query_view_is_never_in_the_context(root):
+    scenes = loader.SceneDataset(root, "train")
+    examples = loader.QueryDataset(scenes, K)
+    for key in [(0, 5, 11), (3, 4, 12), (9, 1, 13)]:
+        frames, cameras, mask, query, target = examples[key]
+        jpegs, raw = scenes[key[0]]
+        views = loader.choose_views(len(jpegs), key[1], np.random.default_rng(key[2]))
+        assert views[0] not in views[1:] and len(set(views)) == key[1] + 1
+        np.testing.assert_array_equal(target, loader.decode_frames([jpegs[views[0]]])[0]
+                                      .transpose(2, 0, 1) / np.float32(255))
+        np.testing.assert_array_equal(query, loader.transform_cameras(raw[views[0]]))
+        real = cameras[:key[1]]
+        np.testing.assert_array_equal(real, loader.transform_cameras(raw[views[1:]]))
+        assert not np.any(np.all(np.isclose(real, query), axis=1))
+    with pytest.raises(ValueError, match="9 context views do not fit max_context=5"):
+        examples[(0, 9, 1)]
+
+
+def test_batches_are_reproducible_for_seed_and_epoch(root):
+    first = loader.make_loader(root, "train", B, K, seed=7)
+    epochs = [_epoch(first), _epoch(first)]
+    same = loader.make_loader(root, "train", B, K, seed=7, num_workers=2)
+    resumed = loader.make_loader(root, "train", B, K, seed=7, epoch=1)
+    other = loader.make_loader(root, "train", B, K, seed=8)
+    for want, got in [(epochs[0], _epoch(same)), (epochs[1], _epoch(same)),
+                      (epochs[1], _epoch(resumed))]:
+        for a, b in zip(want, got):
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(epochs[0][0][4], epochs[1][0][4])
+    assert not np.array_equal(epochs[0][0][4], _epoch(other)[0][4])
+
+
+def test_fixed_k_keep_last_batch_and_bad_arguments(root):
+    data = loader.make_loader(root, "train", B, K, shuffle=False, fixed_k=2, last_batch="keep")
+    batches = _epoch(data)
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    assert all((b[2].sum(1) == 2).all() for b in batches)
+    with pytest.raises(ValueError, match=r"max_context=10; valid: an integer in 1..9"):
+        loader.make_loader(root, "train", B, 10)
+    with pytest.raises(ValueError, match=r"fixed_k=6; valid: an integer in 1..5"):
+        loader.make_loader(root, "train", B, K, fixed_k=6)
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        loader.make_loader(root, "test", B, K)
+
+
+def test_build_batch_from_decoded_scenes(root):
+    scenes = loader.SceneDataset(root, "train")
+    decoded = [(loader.decode_frames(scenes[i][0]), scenes[i][1]) for i in range(3)]
+    batch = loader.build_batch(decoded, 3, K, np.random.default_rng(0))
+    assert batch.context_frames.shape == (3, K, 3, 32, 32) and batch.target.shape == (3, 3, 32, 32)
+    assert (batch.context_mask.sum(1) == 3).all()
+    nd_batch = batch.as_in_context(__import__("mxnet").cpu())
+    np.testing.assert_array_equal(nd_batch.query_camera.asnumpy(), batch.query_camera)
