@@ -71,6 +71,8 @@ def test_batches_are_reproducible_for_seed_and_epoch(root):
         for a, b in zip(want, got):
             for x, y in zip(a, b):
                 np.testing.assert_array_equal(x, y)
+    skipped = _epoch(loader.make_loader(root, "train", B, K, seed=7, skip_batches=1))
+    assert len(skipped) == 1 and all(np.array_equal(x, y) for x, y in zip(skipped[0], epochs[0][1]))
     assert not np.array_equal(epochs[0][0][4], epochs[1][0][4])
     assert not np.array_equal(epochs[0][0][4], _epoch(other)[0][4])
 
