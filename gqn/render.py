@@ -80,20 +80,20 @@ def _slabs(o, d, half):
 
 def intersect_boxes(origins, directions, boxes):
     """Nearest box (each turned by its yaw about z) along each ray, by the slab method."""
-    c, s = np.cos(boxes.yaws), np.sin(boxes.yaws)  # (C,)
     px, py, pz = (o - k for o, k in zip(_columns(origins), boxes.centers.T))  # (N, C)
-    wx, wy, dz = _columns(directions)
-    ox, oy, dx, dy = c * px + s * py, c * py - s * px, c * wx + s * wy, c * wy - s * wx  # box frame
-    near, far = zip(*(_slabs(o, d, h) for o, d, h in zip((ox, oy, pz), (dx, dy, dz), boxes.halves.T)))
+    dx, dy, dz = _columns(directions)  # (N, 1)
+    if boxes.yaws.any():  # turn the rays into each box's frame (axis-aligned boxes need not)
+        c, s = np.cos(boxes.yaws), np.sin(boxes.yaws)  # (C,)
+        px, py, dx, dy = c * px + s * py, c * py - s * px, c * dx + s * dy, c * dy - s * dx
+    near, far = zip(*(_slabs(o, d, h) for o, d, h in zip((px, py, pz), (dx, dy, dz), boxes.halves.T)))
     t_in = np.maximum(np.maximum(near[0], near[1]), near[2])
     t_out = np.minimum(np.minimum(far[0], far[1]), far[2])
     t, index = _nearest(_ahead(t_in, t_in <= t_out))
     rows = np.arange(len(t))
-    entered = np.stack([n[rows, index] for n in near], -1)  # (N, 3)
-    axis = np.argmax(entered, -1)  # the slab the ray entered through
-    d_axis = np.stack([dx[rows, index], dy[rows, index], np.broadcast_to(dz, px.shape)[rows, index]], -1)
+    axis = np.argmax(np.stack([n[rows, index] for n in near], -1), -1)  # the slab entered through
+    d_box = np.stack([np.broadcast_to(d, px.shape)[rows, index] for d in (dx, dy, dz)], -1)
     local = np.zeros((len(t), 3), np.float32)
-    local[rows, axis] = -np.sign(d_axis[rows, axis])
+    local[rows, axis] = -np.sign(d_box[rows, axis])
     return t, index, _rotate_z(local, boxes.yaws[index])
 
 
