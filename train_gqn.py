@@ -328,14 +328,15 @@ def train(run, step, stop):
             log.scalars("schedule", {"lr": lr, "sigma": sigma}, step)
             bar.set_postfix(elbo="%.1f" % values["elbo"], kl="%.1f" % values["kl"], mse="%.4f" % values["mse"],
                             samples_s="%.1f" % speed)
-        if step % config.val_every == 0:
+        if step % config.val_every == 0 and run["rank"] == 0:
             run_validation(run, step, sigma)
         if step % config.checkpoint_every == 0:
             save(run, step, terms)
     bar.close()
     if terms is not None and run["last_good"] != step:
         save(run, step, terms)
-        run_validation(run, step, sigma_at(step))
+        if run["rank"] == 0:
+            run_validation(run, step, sigma_at(step))
     return step
 
 
@@ -384,6 +385,10 @@ def main(argv=None):
     run_dir = args.resume or args.run_dir or new_run_dir(config)
     kv, rank, num_workers = make_kvstore(config)
     ctxs = devices(config)
+    if rank == 0:  # one writer of a synthetic dataset; the other workers wait for it
+        prepare_data(config)
+    if num_workers > 1:
+        kv._barrier()
     root, manifest = prepare_data(config)
     k = max_context(config, manifest)
     model, trainer = build(config, manifest, ctxs, kv)
