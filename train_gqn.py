@@ -103,6 +103,9 @@ def parse_args(argv=None):
         parser.set_defaults(**PRESETS[preset])
         args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    for name in ("sigma_initial", "sigma_final", "lr_initial", "lr_final", "batch_size", "steps", "max_steps"):
+        if values[name] <= 0:
+            parser.error("--%s %s: must be positive" % (name.replace("_", "-"), values[name]))
     return args, TrainConfig(**values)
 
 

@@ -1,0 +1,156 @@
+"""train_gqn.py end to end on tiny synthetic data: outputs, TensorBoard events, learning, resume, errors, dist_sync."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train(*flags, timeout=120):
+    cmd = [sys.executable, os.path.join(ROOT, "train_gqn.py"), "--dry-run"] + [str(f) for f in flags]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    done = train("--data-dir", root, "--run-dir", root / "warmup", "--max-steps", 1)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return root
+
+
+def params_of(path):
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+def metrics_of(run_dir, kind):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [m for m in map(json.loads, f) if m["kind"] == kind]
+
+
+def test_dry_run_writes_checkpoint_logs_and_grid(data_dir, tmp_path):
+    run = tmp_path / "run"
+    done = train("--data-dir", data_dir, "--run-dir", run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4 and state["config"]["steps"] == 2 and state["model"]["image_size"] == 16
+    assert (run / "checkpoint" / "model.params").stat().st_size > 0
+    assert (run / "checkpoint" / "trainer.states").stat().st_size > 0
+    from PIL import Image
+    grid = np.asarray(Image.open(run / "val-grid-latest.png"))
+    assert grid.shape == (4 * 18 + 2, (3 + 2 + 1) * 18 + 2, 3)  # 4 scenes; 3 context | sample, recon | truth
+    assert len(metrics_of(run, "val")) == 2 and len(metrics_of(run, "train")) == 4
+
+
+def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
+    run = tmp_path / "run"
+    assert train("--data-dir", data_dir, "--run-dir", run).returncode == 0
+    code = ("import mxnet\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
+            "ea = EventAccumulator(%r, size_guidance={'images': 0, 'scalars': 0}); ea.Reload()\n"
+            "import json; print(json.dumps({'tags': ea.Tags(), 'elbo': [e.value for e in ea.Scalars('train/elbo')],"
+            " 'image': ea.Images('val/grid')[-1].width}))" % str(run))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    for tag in ("train/elbo", "train/nll", "train/kl", "train/mse", "schedule/lr", "schedule/sigma",
+                "train/samples_per_s", "val/elbo", "val/nll", "val/kl", "val/mse_prior_sample"):
+        assert tag in found["tags"]["scalars"], tag
+    assert "val/grid" in found["tags"]["images"] and found["image"] == (3 + 2 + 1) * 18 + 2
+    assert len(found["elbo"]) == 4 and all(np.isfinite(found["elbo"]))
+
+
+def test_resume_continues_the_same_run(data_dir, tmp_path):
+    common = ["--data-dir", data_dir, "--checkpoint-every", 3, "--val-every", 100]
+    whole = train(*common, "--run-dir", tmp_path / "whole", "--max-steps", 7)  # crosses an epoch (4 batches)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    half = train(*common, "--run-dir", tmp_path / "half", "--max-steps", 3)
+    assert half.returncode == 0, half.stderr[-2000:]
+    resumed = train("--resume", tmp_path / "half", "--max-steps", 7)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed at step 3" in resumed.stdout
+    a, b = params_of(tmp_path / "whole/checkpoint/model.params"), params_of(tmp_path / "half/checkpoint/model.params")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    curve = lambda run: [m["elbo"] for m in metrics_of(run, "train") if m["step"] > 3]
+    np.testing.assert_allclose(curve(tmp_path / "half"), curve(tmp_path / "whole"), rtol=1e-5)
+
+
+def test_loss_falls_when_overfitting_a_few_scenes(data_dir, tmp_path):
+    run = tmp_path / "run"
+    done = train("--data-dir", data_dir, "--run-dir", run, "--max-steps", 60, "--sigma-initial", 0.1,
+                 "--sigma-final", 0.1, "--lr-initial", 3e-3, "--lr-final", 3e-3, "--log-every", 5, "--val-every", 60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    elbo = [m["elbo"] for m in metrics_of(run, "train")]
+    assert np.mean(elbo[-3:]) < 0.7 * np.mean(elbo[:2]), elbo
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "train_gqn.py"), "--dry-run", "--data-dir", str(data_dir),
+           "--run-dir", str(run), "--max-steps", 100000, "--checkpoint-every", 100000, "--val-every", 100000]
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["step"] > 0 and "signal %d" % signal.SIGINT in out
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    run = tmp_path / "run"
+    done = train("--data-dir", data_dir, "--run-dir", run, "--max-steps", 50, "--checkpoint-every", 1,
+                 "--lr-initial", 1e30, "--lr-final", 1e30)
+    assert done.returncode != 0
+    assert "not finite" in done.stderr and "last good checkpoint" in done.stderr
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert 0 < state["step"] < 50
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--representation", "cube"], "invalid choice: 'cube' (choose from 'pool', 'pyramid', 'tower')"),
+    (["--dataset", "roomz"], "invalid choice: 'roomz'"),
+    (["--shared-cores", "maybe"], "is not a boolean"),
+    (["--dataset", "rooms_ring_camera"], "dataset 'rooms_ring_camera' not found"),
+    (["--max-context", 12], "--max-context 12: valid 1..9"),
+    (["--resume", "/nonexistent/run"], "no checkpoint there"),
+    (["--sigma-final", 0], "--sigma-final 0"),
+])
+def test_bad_flags_and_missing_data_give_clear_errors(data_dir, tmp_path, flags, message):
+    done = train("--data-dir", data_dir if "rooms_ring_camera" not in flags else tmp_path,
+                 "--run-dir", tmp_path / "run", *flags)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr[-1500:]
+    assert "Traceback" not in done.stderr
+
+
+def test_dist_sync_workers_end_with_identical_parameters(data_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PORT"}  # a PORT variable breaks ps-lite's binding
+    env.update(DMLC_INTERFACE="lo", DMLC_PS_ROOT_URI="127.0.0.1", DMLC_NODE_HOST="127.0.0.1")
+    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "-n", "2", "-s", "1", "--launcher", "local",
+           sys.executable, os.path.join(ROOT, "train_gqn.py"), "--dry-run", "--data-dir", str(data_dir),
+           "--run-dir", str(tmp_path / "run"), "--kvstore", "dist_sync", "--max-steps", "3"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-2000:]
+    ranks = [params_of(tmp_path / "run" / ("rank%d.params" % r)) for r in (0, 1)]
+    for name in ranks[0]:
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3
