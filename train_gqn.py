@@ -116,12 +116,23 @@ def model_config(config, image_size):
                             kernel=config.kernel)
 
 
+def dataset_root(config):
+    """DATA_DIR/NAME for converted data; synthetic sets are named by what was rendered, so presets don't collide."""
+    if config.dataset in SYNTHETIC_FAMILIES:
+        name = "%s-%dpx-%d" % (config.dataset, config.image_size, config.synthetic_scenes)
+        return os.path.join(config.data_dir, name)
+    return os.path.join(config.data_dir, config.dataset)
+
+
 def prepare_data(config):
     """-> (root, train manifest) of the dataset; a synthetic family is rendered on first use."""
-    root = os.path.join(config.data_dir, config.dataset)
+    root = dataset_root(config)
     if config.dataset in SYNTHETIC_FAMILIES:
         test_scenes = max(config.synthetic_scenes // 10, config.val_scenes)
-        ensure_synthetic(root, config.dataset, config.synthetic_scenes, test_scenes, config.image_size, seed=0)
+        try:
+            ensure_synthetic(root, config.dataset, config.synthetic_scenes, test_scenes, config.image_size, seed=0)
+        except ValueError as error:
+            raise SystemExit("train_gqn.py: %s" % error)
     for split in ("train", "test"):
         manifest = os.path.join(root, split, "manifest.json")
         if not os.path.exists(manifest):
