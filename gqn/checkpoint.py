@@ -32,6 +32,17 @@ def find_checkpoint(directory):
     return None
 
 
+def resolve_checkpoint(path):
+    """The checkpoint folder for `path`: a checkpoint folder itself or a run directory holding checkpoint/
+    (either may be the `.old` twin of an interrupted save); FileNotFoundError naming where it looked."""
+    for candidate in (path, os.path.join(path, "checkpoint")):
+        found = find_checkpoint(candidate)
+        if found is not None:
+            return found
+    raise FileNotFoundError("no checkpoint at %s: expected %s in it or in %s"
+                            % (path, STATE, os.path.join(path, "checkpoint")))
+
+
 def load_state(directory):
     with open(os.path.join(directory, STATE)) as f:
         return json.load(f)
