@@ -1,0 +1,245 @@
+"""Score a trained GQN on held-out scenes for each context size k, beside a nearest-view and a mean-image baseline.
+
+Example: python evaluate_gqn.py runs/rooms_ring-20261122-101500 --split test --scenes 200 --samples 8
+
+For each k = 1..K the same scenes are scored, with the same query view and nested context views (the
+loader draws views from --seed alone), and the same noise per scene (seeded by --seed and the scene's
+index), so the numbers of different k differ only through the context, and none depends on --batch-size.
+Per scene:
+  elbo             -ELBO = NLL + KL in nats (train_gqn.py's `elbo`), posterior pass at pixel sigma --sigma
+  nll, kl          its two terms: Gaussian NLL of the target under the posterior reconstruction; KL(q || p)
+                   summed over latents and steps
+  bits_per_dim     -ELBO in bits per 8-bit sub-pixel (core.bits_per_dim)
+  mse_prior_sample MSE of one prior sample (what the model renders without seeing the target)
+  mse_prior_mean   MSE of the mean of --samples prior samples
+  mse_posterior    MSE of the posterior reconstruction (the model sees the target: a reference, not a prediction)
+  mse_nearest_view baseline: the real context view nearest the query camera, nearest meaning the least
+                   Euclidean distance between camera positions (x, y, z); ties (within 1e-6) go to the
+                   least angle between viewing directions, then to the lower slot
+  mse_mean_context baseline: the mean image of the real context views
+Means (and standard errors) over scenes are printed as a table and written as JSON.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+import mxnet as mx
+import numpy as np
+from tqdm import tqdm
+
+import core
+import train_gqn
+from gqn import checkpoint, scene_format
+from gqn.datasets import SPLITS
+from gqn.loader import Batch, make_loader
+
+TIE = 1e-6  # camera distances closer than this count as equal
+METRICS = [("elbo", "-ELBO"), ("nll", "NLL"), ("kl", "KL"), ("bits_per_dim", "bits/dim"),
+           ("mse_prior_sample", "MSE sample"), ("mse_prior_mean", "MSE mean-S"), ("mse_posterior", "MSE post"),
+           ("mse_nearest_view", "MSE nearest"), ("mse_mean_context", "MSE ctx-mean")]
+
+
+def view_directions(cameras):
+    """Unit viewing directions (..., 3) of cameras (..., 7): x, y, z, sin yaw, cos yaw, sin pitch, cos pitch."""
+    sin_yaw, cos_yaw, sin_pitch, cos_pitch = (cameras[..., i] for i in range(3, 7))
+    return np.stack([cos_pitch * cos_yaw, cos_pitch * sin_yaw, sin_pitch], axis=-1)
+
+
+def nearest_view(context_cameras, context_mask, query_camera):
+    """Slot (B,) of the real context view nearest the query camera (see the module docstring for 'nearest').
+
+    context_cameras (B, K, 7), context_mask (B, K), query_camera (B, 7).
+    """
+    real = np.asarray(context_mask) > 0
+    if not real.any(axis=1).all():
+        raise ValueError("scenes %s have no real context view" % np.flatnonzero(~real.any(axis=1)).tolist())
+    distance = np.linalg.norm(context_cameras[..., :3] - query_camera[:, None, :3], axis=-1)  # (B, K)
+    distance = np.where(real, distance, np.inf)
+    tied = distance <= distance.min(axis=1, keepdims=True) + TIE
+    cosine = np.sum(view_directions(context_cameras) * view_directions(query_camera)[:, None], axis=-1)  # (B, K)
+    angle = np.arccos(np.clip(cosine, -1.0, 1.0))
+    return np.argmin(np.where(tied, angle, np.inf), axis=1)
+
+
+def mean_context(context_frames, context_mask):
+    """Mean image of the real context views: (B, K, 3, H, W), (B, K) -> (B, 3, H, W); masked slots are ignored."""
+    mask = np.asarray(context_mask, dtype=np.float64)
+    weights = mask / mask.sum(axis=1, keepdims=True)                  # (B, K), each row sums to 1
+    return np.einsum("bk,bkchw->bchw", weights, context_frames)
+
+
+def scene_metrics(batch, posterior_mean, kl, prior_samples, sigma):
+    """Per-scene metrics {name: (B,)} of one numpy Batch (see the module docstring).
+
+    posterior_mean (B, 3, H, W), kl (B,), prior_samples (B, S, 3, H, W), sigma the pixel standard deviation.
+    """
+    target = np.asarray(batch.target, dtype=np.float64)
+    nll = core.gaussian_nll(np, target, np.asarray(posterior_mean, dtype=np.float64), sigma)
+    kl = np.asarray(kl, dtype=np.float64)
+    nearest = nearest_view(batch.context_cameras, batch.context_mask, batch.query_camera)
+    nearest_frames = batch.context_frames[np.arange(len(target)), nearest]   # (B, 3, H, W)
+    samples = np.asarray(prior_samples, dtype=np.float64)
+    return {"elbo": nll + kl, "nll": nll, "kl": kl, "bits_per_dim": core.bits_per_dim(nll + kl, target[0].size),
+            "mse_prior_sample": core.mse(np, target, samples[:, 0]),
+            "mse_prior_mean": core.mse(np, target, samples.mean(axis=1)),
+            "mse_posterior": core.mse(np, target, posterior_mean),
+            "mse_nearest_view": core.mse(np, target, nearest_frames),
+            "mse_mean_context": core.mse(np, target, mean_context(batch.context_frames, batch.context_mask))}
+
+
+def summarise(per_scene):
+    """{name: list of (B,) arrays} -> ({name: mean}, {name: standard error of the mean}) over all scenes."""
+    means, sems = {}, {}
+    for name, parts in per_scene.items():
+        values = np.concatenate(parts)
+        means[name] = float(values.mean())
+        sems[name] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return means, sems
+
+
+def load_model(path, ctx):
+    """(GQN with the checkpoint's parameters, hybridized with its prior twin; the checkpoint's state dict)."""
+    directory = checkpoint.resolve_checkpoint(path)
+    state = checkpoint.load_state(directory)
+    model = core.GQN(core.ModelConfig(**state["model"]))
+    # cast_dtype: a shipped checkpoint may store float16 parameters to halve its size; the model runs in float32
+    model.load_parameters(os.path.join(directory, checkpoint.PARAMS), ctx=ctx, cast_dtype=True)
+    model.hybridize(static_alloc=True, static_shape=True)
+    model.generator().hybridize(static_alloc=True, static_shape=True)
+    return model, dict(state, directory=directory)
+
+
+def dataset_root(state, dataset=None, data_dir=None):
+    """Where the run's dataset lives (train_gqn.py's naming), or DATA_DIR/DATASET as overridden."""
+    config = train_gqn.TrainConfig(**state["config"])
+    overrides = {name: value for name, value in (("dataset", dataset), ("data_dir", data_dir)) if value}
+    return train_gqn.dataset_root(dataclasses.replace(config, **overrides))
+
+
+def noise_draws(seed, scenes, shape):
+    """A function giving the next standard-normal noise (B, *shape) of these scenes, each from its own stream."""
+    streams = [np.random.default_rng([seed, int(scene)]) for scene in scenes]
+    return lambda: np.stack([s.standard_normal(shape, dtype=np.float32) for s in streams])
+
+
+def predict(model, batch, draw, samples, ctx):
+    """(posterior mean (B, 3, H, W), kl (B,), prior samples (B, S, 3, H, W)) as numpy, for one numpy Batch."""
+    inputs = batch.as_in_context(ctx)
+    posterior_mean, kl = model(*inputs[:4], mx.nd.array(draw(), ctx=ctx), inputs.target)
+    renderer = model.generator()
+    prior = [renderer(*inputs[:4], mx.nd.array(draw(), ctx=ctx)).asnumpy() for _ in range(samples)]
+    return posterior_mean.asnumpy(), kl.asnumpy(), np.stack(prior, axis=1)
+
+
+def evaluate_k(model, root, k, args, ctx, bar):
+    """Per-scene metrics {name: [(B,) arrays]} of the first args.scenes scenes with exactly k context views."""
+    loader = make_loader(root, args.split, args.batch_size, args.max_context, shuffle=False, seed=args.seed,
+                         fixed_k=k, last_batch="keep")
+    config, per_scene, start = model.config, defaultdict(list), 0
+    shape = (config.steps, config.latent, config.image_size // core.SCALE, config.image_size // core.SCALE)
+    for batch in loader:
+        count = min(len(batch.target), args.scenes - start)
+        if count <= 0:
+            break
+        batch = Batch(*(a.asnumpy()[:count] for a in batch))
+        draw = noise_draws(args.seed, range(start, start + count), shape)  # (L, Z, h, w) per scene
+        posterior_mean, kl, prior = predict(model, batch, draw, args.samples, ctx)
+        for name, values in scene_metrics(batch, posterior_mean, kl, prior, args.sigma).items():
+            per_scene[name].append(values)
+        start += count
+        bar.update(1)
+    return per_scene
+
+
+def format_table(results):
+    """The per-k means as a fixed-width text table, one row per context size."""
+    lines = ["%3s" % "k" + "".join("%13s" % title for _, title in METRICS)]
+    for k, means in results.items():
+        lines.append("%3s" % k + "".join("%13.5g" % means[name] for name, _ in METRICS))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("checkpoint", help="a run directory (RUN, holding RUN/checkpoint) or a checkpoint directory")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="dataset split to score (default: test)")
+    parser.add_argument("--dataset", help="dataset name (default: the run's, from its state.json)")
+    parser.add_argument("--data-dir", help="root of the datasets (default: the run's --data-dir)")
+    parser.add_argument("--scenes", type=int, default=200, help="scenes scored per k; fewer if the split has fewer "
+                        "(default: 200)")
+    parser.add_argument("--samples", type=int, default=8,
+                        help="prior samples per scene for mse_prior_mean (default: 8)")
+    parser.add_argument("--sigma", type=float, help="pixel sigma of the NLL (default: the run's --sigma-final)")
+    parser.add_argument("--max-context", type=int, help="K, the largest context size scored (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=16, help="scenes per forward pass (default: 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the views and the noise (default: 0)")
+    parser.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    parser.add_argument("--out", help="JSON file to write (default: RUN/eval-SPLIT.json for a run's checkpoint, "
+                        "else ./eval-SPLIT.json)")
+    args = parser.parse_args(argv)
+    for name in ("scenes", "samples", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error("--%s %d: must be at least 1" % (name.replace("_", "-"), getattr(args, name)))
+    if args.seed < 0:
+        parser.error("--seed %d: must be 0 or more" % args.seed)
+    if args.sigma is not None and args.sigma <= 0:
+        parser.error("--sigma %g: must be positive" % args.sigma)
+    return args
+
+
+def resolve_settings(args, state):
+    """Fill the defaults that come from the checkpoint and the data; -> the dataset root. SystemExit on bad input."""
+    root = dataset_root(state, args.dataset, args.data_dir)
+    try:
+        manifest = scene_format.read_manifest(os.path.join(root, args.split))
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit("evaluate_gqn.py: %s (give --data-dir, --dataset or --split)" % error)
+    if manifest["frame_size"] != state["model"]["image_size"]:
+        raise SystemExit("evaluate_gqn.py: %s has %dpx frames; the model renders %dpx"
+                         % (root, manifest["frame_size"], state["model"]["image_size"]))
+    views = manifest["views_per_scene"]
+    if args.max_context is None:
+        args.max_context = min(state["max_context"], views - 1)
+    if not 1 <= args.max_context <= views - 1:
+        raise SystemExit("evaluate_gqn.py: --max-context %d: valid 1..%d (%d views per scene)"
+                         % (args.max_context, views - 1, views))
+    args.scenes = min(args.scenes, manifest["scene_count"])
+    args.batch_size = min(args.batch_size, args.scenes)
+    args.sigma = args.sigma or state["config"]["sigma_final"]
+    if args.out is None:
+        parent, name = os.path.split(os.path.normpath(state["directory"]))
+        args.out = os.path.join(parent if name == "checkpoint" else ".", "eval-%s.json" % args.split)
+    return root
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ctx = mx.gpu(args.gpu) if args.gpu is not None else mx.cpu()
+    try:
+        model, state = load_model(args.checkpoint, ctx)
+    except FileNotFoundError as error:
+        raise SystemExit("evaluate_gqn.py: %s" % error)
+    root = resolve_settings(args, state)
+    started, results, sems = time.time(), {}, {}
+    batches = -(-args.scenes // args.batch_size)
+    with tqdm(total=args.max_context * batches, unit="batch", file=sys.stderr, dynamic_ncols=True) as bar:
+        for k in range(1, args.max_context + 1):
+            results[k], sems[k] = summarise(evaluate_k(model, root, k, args, ctx, bar))
+    report = {"checkpoint": state["directory"], "step": state["step"], "data": os.path.join(root, args.split),
+              "scenes": args.scenes, "max_context": args.max_context, "samples": args.samples,
+              "sigma": args.sigma, "seed": args.seed, "metrics": results, "sem": sems}
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(format_table(results))
+    print("%d scenes of %s, k = 1..%d, step %d, sigma %g, %d prior samples; %.1f s; wrote %s"
+          % (args.scenes, report["data"], args.max_context, state["step"], args.sigma, args.samples,
+             time.time() - started, args.out))
+
+
+if __name__ == "__main__":
+    main()
