@@ -1,0 +1,149 @@
+"""Render one scene with a trained GQN: a fly-around GIF from a ring of cameras, and a grid of its held-out views.
+
+Example: python render_gqn.py                                   (the shipped demo checkpoint, assets/demo/)
+         python render_gqn.py --checkpoint runs/rooms_ring-20261122-101500 --scene 3 --context 3 --views 36
+
+The first --context views of scene --scene are the context. The ring: --views cameras evenly spaced in angle
+(36: 10 degrees apart) on a horizontal circle about the vertical axis through the origin, starting at the first
+context camera; its radius, height and pitch are the means over the scene's own cameras, and each ring camera
+keeps the scene's mean yaw relative to looking at the axis (the circular mean), so it looks where the scene's
+cameras look. The grid has one row per held-out view: context | prediction | ground truth. Every view is
+rendered with the same noise, drawn from --seed, so the animation does not flicker and a seed repeats exactly.
+A synthetic scene whose dataset is not on disk is rendered on the spot, the same scene train_gqn.py would write.
+"""
+import argparse
+import os
+
+import mxnet as mx
+import numpy as np
+
+import core
+from evaluate_gqn import dataset_root, load_model
+from gqn import images, scene_format
+from gqn.datasets import SPLITS, SYNTHETIC_FAMILIES
+from gqn.loader import SceneDataset, decode_frames, transform_cameras
+from gqn.synthetic import render_scene
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEMO = os.path.join(ROOT, "assets", "demo")
+SYNTHETIC_SEED = 0  # the seed train_gqn.py renders synthetic datasets with
+CHUNK = 12          # query views per forward pass
+
+
+def circular_mean(angles):
+    return float(np.arctan2(np.mean(np.sin(angles)), np.mean(np.cos(angles))))
+
+
+def ring_cameras(cameras, views, start):
+    """Raw cameras (views, 5) x, y, z, yaw, pitch on a ring fitted to a scene's raw cameras (S, 5), from angle
+    `start` (radians about the vertical axis) on, 360/views degrees apart (see the module docstring)."""
+    x, y, z, yaw, pitch = (cameras[:, i].astype(np.float64) for i in range(5))
+    inward = np.arctan2(y, x) + np.pi                              # yaw that looks at the axis
+    yaw_offset = circular_mean(yaw - inward)
+    angles = start + 2 * np.pi * np.arange(views) / views          # (views,)
+    radius = np.mean(np.hypot(x, y))
+    ring = [radius * np.cos(angles), radius * np.sin(angles), np.full(views, np.mean(z)),
+            angles + np.pi + yaw_offset, np.full(views, np.mean(pitch))]
+    return np.stack(ring, axis=1).astype(np.float32)
+
+
+def load_scene(state, args):
+    """(frames uint8 (S, H, W, 3), raw cameras (S, 5), where from) of scene --scene of the chosen split."""
+    root = dataset_root(state, args.dataset, args.data_dir)
+    split_dir = os.path.join(root, args.split)
+    family = args.dataset or state["config"]["dataset"]
+    if not os.path.exists(os.path.join(split_dir, scene_format.MANIFEST)):
+        if family not in SYNTHETIC_FAMILIES:
+            raise SystemExit("render_gqn.py: no dataset at %s (give --data-dir, --dataset or --split; synthetic "
+                             "families, rendered on the spot: %s)" % (split_dir, ", ".join(SYNTHETIC_FAMILIES)))
+        jpegs, cameras = render_scene(family, SYNTHETIC_SEED, args.split, args.scene, state["model"]["image_size"])
+        return decode_frames(jpegs), cameras, "synthetic %s %s scene %d" % (family, args.split, args.scene)
+    scenes = SceneDataset(root, args.split)
+    if not 0 <= args.scene < len(scenes):
+        raise SystemExit("render_gqn.py: --scene %d: valid 0..%d in %s" % (args.scene, len(scenes) - 1, split_dir))
+    jpegs, cameras = scenes[args.scene]
+    return decode_frames(jpegs), cameras, "%s scene %d" % (split_dir, args.scene)
+
+
+def render_views(renderer, frames, cameras, query_cameras, noise, ctx):
+    """Views (Q, 3, H, W) in [0, 1] of raw query cameras (Q, 5), from context frames (N, 3, H, W) and raw
+    cameras (N, 5), with the same noise (L, Z, h, w) for every view."""
+    out = []
+    for start in range(0, len(query_cameras), CHUNK):
+        queries = transform_cameras(query_cameras[start:start + CHUNK])           # (Q', 7)
+        count = len(queries)
+        inputs = [np.broadcast_to(frames, (count,) + frames.shape),              # (Q', N, 3, H, W)
+                  np.broadcast_to(transform_cameras(cameras), (count, len(cameras), 7)),  # (Q', N, 7)
+                  np.ones((count, len(cameras)), np.float32), queries,
+                  np.broadcast_to(noise, (count,) + noise.shape)]                # (Q', L, Z, h, w)
+        out.append(renderer(*(mx.nd.array(a, ctx=ctx) for a in inputs)).asnumpy())
+    return np.concatenate(out)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--checkpoint", help="a run directory or a checkpoint directory (default: the demo, %s)"
+                        % os.path.relpath(DEMO))
+    parser.add_argument("--split", default="test", choices=SPLITS,
+                        help="dataset split the scene comes from (default: test)")
+    parser.add_argument("--dataset", help="dataset name (default: the run's, from its state.json)")
+    parser.add_argument("--data-dir", help="root of the datasets (default: the run's --data-dir)")
+    parser.add_argument("--scene", type=int, default=0, help="index of the scene in the split (default: 0)")
+    parser.add_argument("--context", type=int, default=3, help="context views: the scene's first N (default: 3)")
+    parser.add_argument("--views", type=int, default=36, help="cameras on the ring, frames of the GIF (default: 36)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    parser.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    parser.add_argument("--out", default="renders", help="output directory (default: renders)")
+    args = parser.parse_args(argv)
+    for name in ("context", "views"):
+        if getattr(args, name) < 1:
+            parser.error("--%s %d: must be at least 1" % (name, getattr(args, name)))
+    if args.scene < 0 or args.seed < 0:
+        parser.error("--scene %d, --seed %d: must be 0 or more" % (args.scene, args.seed))
+    return args
+
+
+def checkpoint_path(args):
+    if args.checkpoint:
+        return args.checkpoint
+    if not os.path.isdir(DEMO):
+        raise SystemExit("render_gqn.py: no --checkpoint given and the demo checkpoint %s is missing; train a model "
+                         "(python train_gqn.py --preset cpu-demo) and pass --checkpoint RUN_DIR" % DEMO)
+    return DEMO
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ctx = mx.gpu(args.gpu) if args.gpu is not None else mx.cpu()
+    try:
+        model, state = load_model(checkpoint_path(args), ctx)
+    except FileNotFoundError as error:
+        raise SystemExit("render_gqn.py: %s" % error)
+    frames, cameras, source = load_scene(state, args)
+    if frames.shape[1] != model.config.image_size:
+        raise SystemExit("render_gqn.py: %s has %dpx frames; the model renders %dpx"
+                         % (source, frames.shape[1], model.config.image_size))
+    if not 1 <= args.context <= len(frames) - 1:
+        raise SystemExit("render_gqn.py: --context %d: valid 1..%d (%d views per scene)"
+                         % (args.context, len(frames) - 1, len(frames)))
+    c, size = model.config, model.config.image_size // core.SCALE
+    noise = np.random.default_rng(args.seed).standard_normal((c.steps, c.latent, size, size), dtype=np.float32)
+    views = frames.transpose(0, 3, 1, 2).astype(np.float32) / 255                   # (S, 3, H, W)
+    context, held_out = slice(0, args.context), slice(args.context, None)
+    ring = ring_cameras(cameras, args.views, float(np.arctan2(cameras[0, 1], cameras[0, 0])))
+    render = lambda queries: render_views(model.generator(), views[context], cameras[context], queries, noise, ctx)
+    fly_around, predictions = render(ring), render(cameras[held_out])
+    count = len(predictions)
+    grid = images.prediction_grid(np.broadcast_to(views[context], (count,) + views[context].shape),
+                                  np.ones((count, args.context)), predictions[:, None], views[held_out])
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "%s-%s-%d" % (args.dataset or state["config"]["dataset"], args.split, args.scene))
+    images.save_gif(images.to_uint8(fly_around), stem + "-ring.gif")
+    images.save_png(grid, stem + "-views.png")
+    print("%s, %d context views, step %d of %s: wrote %s-ring.gif (%d frames) and %s-views.png (%d held-out views)"
+          % (source, args.context, state["step"], state["directory"], stem, args.views, stem, count))
+
+
+if __name__ == "__main__":
+    main()
