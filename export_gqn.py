@@ -1,0 +1,74 @@
+"""Export a trained GQN's prior renderer as an MXNet symbol + params, with a JSON of its inputs, for gqn/predictor.py.
+
+Example: python export_gqn.py runs/rooms_ring-20261122-101500 --out exported/rooms_ring
+
+Writes OUT/gqn-renderer-symbol.json, OUT/gqn-renderer-0000.params (HybridBlock.export: only the parameters
+the renderer uses) and OUT/gqn-renderer.json (input names and shapes, noise shape, model config). The graph
+takes any batch size B and any number of context slots K. Load it with gqn.predictor.Predictor(OUT).
+"""
+import argparse
+import json
+import os
+
+import mxnet as mx
+
+import core
+from evaluate_gqn import load_model
+from gqn.predictor import INPUTS, SPEC
+
+PREFIX = "gqn-renderer"
+
+
+def example_inputs(config, max_context):
+    """Zero inputs of batch 1 and K = max_context that run the renderer once, as export needs."""
+    size, state = config.image_size, config.image_size // core.SCALE
+    shapes = [(1, max_context, 3, size, size), (1, max_context, core.CAMERA_DIMS), (1, max_context),
+              (1, core.CAMERA_DIMS), (1, config.steps, config.latent, state, state)]
+    return [mx.nd.zeros(shape) for shape in shapes]
+
+
+def export(model, state, out):
+    """Export model.generator() into directory `out`; -> the spec dict written beside it."""
+    config = model.config
+    renderer = model.generator()
+    renderer(*example_inputs(config, state["max_context"]))
+    os.makedirs(out, exist_ok=True)
+    renderer.export(os.path.join(out, PREFIX), epoch=0)
+    names = ["data%d" % i for i in range(len(INPUTS))]  # HybridBlock.export's names for several inputs
+    graph_inputs = mx.sym.load(os.path.join(out, PREFIX + "-symbol.json")).list_inputs()
+    missing = [name for name in names if name not in graph_inputs]
+    if missing:
+        raise RuntimeError("the exported graph lacks inputs %s; it has %s" % (missing, graph_inputs))
+    size, state_size = config.image_size, config.image_size // core.SCALE
+    spec = {"symbol": PREFIX + "-symbol.json", "params": PREFIX + "-0000.params",
+            "inputs": dict(zip(INPUTS, names)),
+            "shapes": {"context_frames": ["B", "K", 3, size, size], "context_cameras": ["B", "K", core.CAMERA_DIMS],
+                       "context_mask": ["B", "K"], "query_camera": ["B", core.CAMERA_DIMS],
+                       "noise": ["B", config.steps, config.latent, state_size, state_size],
+                       "output": ["B", 3, size, size]},
+            "noise_shape": [config.steps, config.latent, state_size, state_size],
+            "cameras": "x, y, z, sin yaw, cos yaw, sin pitch, cos pitch",
+            "model": config.to_dict(), "step": state["step"], "dataset": state["config"]["dataset"],
+            "max_context": state["max_context"]}
+    with open(os.path.join(out, SPEC), "w") as f:
+        json.dump(spec, f, indent=1)
+    return spec
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("checkpoint", help="a run directory (RUN, holding RUN/checkpoint) or a checkpoint directory")
+    parser.add_argument("--out", required=True, help="directory to write the exported renderer into")
+    args = parser.parse_args(argv)
+    try:
+        model, state = load_model(args.checkpoint, mx.cpu())
+    except FileNotFoundError as error:
+        raise SystemExit("export_gqn.py: %s" % error)
+    spec = export(model, state, args.out)
+    print("exported the renderer of %s (step %d, %s) to %s: %s, %s, %s"
+          % (state["directory"], state["step"], spec["dataset"], args.out, spec["symbol"], spec["params"], SPEC))
+
+
+if __name__ == "__main__":
+    main()
