@@ -11,8 +11,13 @@ cameras look. The grid has one row per held-out view: context | prediction | gro
 rendered with the same noise, drawn from --seed, so the animation does not flicker and a seed repeats exactly.
 A synthetic scene whose dataset is not on disk is rendered on the spot, the same scene train_gqn.py would write.
 """
-import argparse
 import os
+
+# MXNet runs one OpenMP thread per two cores unless told otherwise (it assumes hyper-threading); on a CPU
+# without it that halves convolution speed. Set before mxnet is imported; a user's OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+import argparse
 
 import mxnet as mx
 import numpy as np

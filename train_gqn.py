@@ -4,10 +4,15 @@ Example: python train_gqn.py --preset cpu-demo            (synthetic rooms, a fe
          python train_gqn.py --dataset shepard_metzler_7_parts --data-dir /data/gqn --gpus 0,1
          python train_gqn.py --resume runs/rooms_ring-20261122-101500
 """
+import os
+
+# MXNet runs one OpenMP thread per two cores unless told otherwise (it assumes hyper-threading); on a CPU
+# without it that halves convolution speed. Set before mxnet is imported; a user's OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
 import argparse
 import dataclasses
 import json
-import os
 import signal
 import sys
 import time
