@@ -81,9 +81,9 @@ class TrainConfig:
 
 PRESETS = {
     "cpu-demo": dict(dataset="rooms_ring", image_size=32, batch_size=16, max_context=5, steps=6, latent=16,
-                     hidden=64, r_channels=64, sigma_steps=3000, lr_initial=1e-3, lr_final=2e-4, lr_steps=6000,
-                     max_steps=100000, minutes=10.0, val_scenes=64, val_every=200, log_every=20,
-                     checkpoint_every=200, synthetic_scenes=2000),
+                     hidden=64, r_channels=64, kernel=3, sigma_initial=1.0, sigma_final=0.7, sigma_steps=500,
+                     lr_initial=2e-3, lr_final=5e-4, lr_steps=3000, max_steps=100000, minutes=10.0, val_scenes=64,
+                     val_every=250, log_every=25, checkpoint_every=250, synthetic_scenes=2000),
     "dry-run": dict(dataset="rooms_ring", image_size=16, batch_size=4, max_context=3, steps=2, latent=4, hidden=8,
                     r_channels=8, max_steps=4, val_scenes=4, val_every=2, log_every=1, checkpoint_every=2,
                     synthetic_scenes=16, workers=0),
@@ -402,6 +402,9 @@ def main(argv=None):
     if args.resume:
         found, config = resume_config(args, config, argv)
     run_dir = args.resume or args.run_dir or new_run_dir(config)
+    if not args.resume and checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint")):
+        raise SystemExit("train_gqn.py: --run-dir %s already holds a run; continue it with --resume %s, or choose "
+                         "another directory" % (run_dir, run_dir))
     kv, rank, num_workers = make_kvstore(config)
     ctxs = devices(config)
     if rank == 0:  # one writer of a synthetic dataset; the other workers wait for it
