@@ -27,6 +27,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 
+from mxnet.contrib import amp
 from mxnet.gluon import HybridBlock, nn
 
 CAMERA_DIMS = 7  # x, y, z, sin yaw, cos yaw, sin pitch, cos pitch
@@ -63,6 +64,14 @@ def _conv(in_channels, channels, kernel, stride=1, use_bias=True):
                      use_bias=use_bias, in_channels=in_channels)
 
 
+def _concat(F, *parts):
+    """Concat along channels. Under AMP (gqn/amp.py) some parts are bf16/fp16 and some fp32, which Concat rejects
+    (ARCHITECTURE.md): they are cast to the narrowest type first, the one the convolution reading them uses anyway."""
+    if len(parts) > 1 and amp.amp._amp_initialized:  # AMP is process-wide; graphs are built after it is turned on
+        parts = F.amp_multicast(*parts, num_outputs=len(parts), cast_narrow=True)
+    return F.concat(*parts, dim=1)
+
+
 def _camera_map(F, camera, size):
     """(N, 7) camera -> (N, 7, size, size), the camera broadcast over a feature map."""
     return F.broadcast_to(F.reshape(camera, shape=(0, 0, 1, 1)), shape=(0, 0, size, size))
@@ -89,7 +98,7 @@ class Tower(HybridBlock):
         x = F.relu(self.conv1(x))                               # (N, R, H/2, W/2)
         skip = F.relu(self.skip1(x))                            # (N, R, h, w)
         x = F.relu(self.conv3(F.relu(self.conv2(x)))) + skip    # (N, R, h, w)
-        x = F.concat(x, _camera_map(F, camera, self._size), dim=1)  # (N, R+7, h, w)
+        x = _concat(F, x, _camera_map(F, camera, self._size))      # (N, R+7, h, w)
         skip = F.relu(self.skip2(x))
         x = F.relu(self.conv5(F.relu(self.conv4(x)))) + skip    # (N, R, h, w)
         return F.relu(self.conv6(x))
@@ -124,7 +133,7 @@ class Pyramid(HybridBlock):
                 in_channels = channels
 
     def hybrid_forward(self, F, x, camera):
-        x = F.concat(x, _camera_map(F, camera, self._size), dim=1)  # (N, 3+7, H, W)
+        x = _concat(F, x, _camera_map(F, camera, self._size))      # (N, 3+7, H, W)
         return self.convs(x)                                        # (N, R, 1, 1)
 
 
@@ -247,11 +256,11 @@ class GQN(HybridBlock):
                        **canvas):
         r = self._represent(F, context_frames, context_cameras, context_mask)   # (B, R, h, w)
         query_map = _camera_map(F, query_camera, self._size)                    # (B, 7, h, w)
-        const_g = self.gen_const(F.concat(query_map, r, dim=1))                 # (B, cores*4C, h, w)
+        const_g = self.gen_const(_concat(F, query_map, r))                      # (B, cores*4C, h, w)
         const_e = None
         if not self._sample_prior:
             x_down = self.query_down(target[0])                                 # (B, 48, h, w)
-            const_e = self._per_step(F, self.inf_const(F.concat(x_down, query_map, r, dim=1)))
+            const_e = self._per_step(F, self.inf_const(_concat(F, x_down, query_map, r)))
         eps = F.split(noise, num_outputs=self.config.steps, axis=1, squeeze_axis=True) \
             if self.config.steps > 1 else [F.reshape(noise, shape=(0, -3, -2))]  # L x (B, Z, h, w)
         canvas_sum, kls = self._draw(F, self._per_step(F, const_g), const_e, eps, canvas)
@@ -288,12 +297,12 @@ class GQN(HybridBlock):
                 inputs = [h_g, h_e]
                 if c.canvas_to_inference:
                     inputs.append(self._read_canvas(F, zeros if canvas_sum is None else canvas_sum, step, canvas))
-                h_e, c_e = self.inf_cores[0 if shared else step](const_e[step], F.concat(*inputs, dim=1), c_e)
+                h_e, c_e = self.inf_cores[0 if shared else step](const_e[step], _concat(F, *inputs), c_e)
                 mu_q, sigma_q = self.posterior(h_e)
                 kls.append(gaussian_kl(F, mu_q, sigma_q, mu, sigma))
                 mu, sigma = mu_q, sigma_q
             z = mu + sigma * eps[step]                              # (B, Z, h, w)
-            h_g, c_g = self.gen_cores[0 if shared else step](const_g[step], F.concat(z, h_g, dim=1), c_g)
+            h_g, c_g = self.gen_cores[0 if shared else step](const_g[step], _concat(F, z, h_g), c_g)
             canvas_sum = h_g if canvas_sum is None else canvas_sum + h_g
         return canvas_sum, kls
 
