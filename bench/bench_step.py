@@ -1,7 +1,9 @@
-"""Seconds per training step, samples/s and peak RSS of GQN at the paper config (Tower, L=12, 64x64, K=5).
+"""Seconds per training step, samples/s, conv GFLOP/s and peak RSS of GQN at the paper config (Tower, L=12, 64x64, K=5).
 
-Example: python bench/bench_step.py --batch 8 36 --repeats 5
-Each (batch, precision) runs in its own process so that peak RSS is that configuration's alone.
+Example: python bench/bench_step.py --batch 8 36 --repeats 5 --precision fp32 bf16 --loader
+Each (batch, precision) runs in its own process so that peak RSS is that configuration's alone. bf16 is
+mx.contrib.amp through gqn/amp.py; a CPU without bf16 kernels gets a row saying why instead of a time.
+--loader adds bench/bench_loader.py's scenes/s of the data loader.
 """
 import os
 
@@ -26,13 +28,25 @@ def run_one(args):
     import mxnet as mx
     from mxnet import autograd, gluon
     import core
+    from gqn import amp
+    import flops
+    B, K, precision = args.batch[0], args.context, args.precision[0]
+    row = {"batch": B, "precision": precision, "canvas_read": args.canvas_read}
+    if precision == "bf16":
+        try:
+            amp.init(mx.cpu())
+        except amp.AmpUnsupported as error:
+            print(json.dumps(dict(row, error=str(error))))
+            return
     config = core.ModelConfig(shared_cores=not args.unshared, canvas_to_inference=args.canvas_read)
     mx.random.seed(0)
     model = core.GQN(config)
     model.initialize(mx.init.Xavier())
+    conv = flops.conv_flops(model, config, B, K)
     model.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": 5e-4})
-    B, K, size = args.batch[0], args.context, config.image_size // 4
+    amp.init_trainer(trainer)
+    size = config.image_size // 4
     nd = mx.nd
     inputs = [nd.random.uniform(shape=(B, K, 3, 64, 64)), nd.random.normal(shape=(B, K, 7)), nd.ones((B, K)),
               nd.random.normal(shape=(B, 7))]
@@ -44,16 +58,16 @@ def run_one(args):
         with autograd.record():
             mean, kl = model(*inputs, noise, target)
             loss = core.gaussian_nll(nd, target, mean, 2.0) + kl
-        loss.backward()
+        amp.backward(loss, trainer)
         trainer.step(B)
         loss.wait_to_read()
         nd.waitall()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     step = statistics.median(times)
-    print(json.dumps({"batch": B, "precision": "fp32", "canvas_read": args.canvas_read, "s_per_step": step,
-                      "samples_per_s": B / step, "min": min(times), "max": max(times),
-                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+    print(json.dumps(dict(row, s_per_step=step, samples_per_s=B / step, min=min(times), max=max(times),
+                          conv_gflop=(conv["forward"] + conv["backward"]) / 1e9,
+                          peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)))
 
 
 def main():
@@ -65,19 +79,40 @@ def main():
     parser.add_argument("--canvas-read", type=int, default=0, choices=[0, 1],
                         help="inference core reads the canvas; 0 matches the PyTorch reference port (default: 0)")
     parser.add_argument("--unshared", action="store_true", help="one core per step (default: shared)")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="fp32 and/or bf16 (AMP) rows (default: fp32)")
+    parser.add_argument("--amp", action="store_true", help="same as --precision bf16")
+    parser.add_argument("--loader", action="store_true", help="also print bench/bench_loader.py's scenes/s")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return run_one(args)
-    print("%6s %9s %8s %10s %10s %9s" % ("batch", "precision", "s/step", "samples/s", "range", "peak RSS"))
+    if args.amp:
+        args.precision = ["bf16"]
+    print("%6s %9s %8s %10s %11s %12s %9s" % ("batch", "precision", "s/step", "samples/s", "range", "conv GFLOP/s",
+                                              "peak RSS"))
     for batch in args.batch:
-        cmd = [sys.executable, __file__, "--one", "--batch", str(batch), "--context", str(args.context),
-               "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--canvas-read", str(args.canvas_read)]
-        cmd += ["--unshared"] if args.unshared else []
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        r = json.loads(out)
-        print("%6d %9s %8.2f %10.2f %4.2f-%4.2f %7.2f GB" % (r["batch"], r["precision"], r["s_per_step"],
-                                                         r["samples_per_s"], r["min"], r["max"], r["peak_rss_gb"]))
+        for precision in args.precision:
+            r = run_subprocess(args, batch, precision)
+            if "error" in r:
+                print("%6d %9s   not run: %s" % (batch, precision, r["error"]))
+                continue
+            print("%6d %9s %8.2f %10.2f %5.2f-%5.2f %12.0f %6.2f GB"
+                  % (batch, precision, r["s_per_step"], r["samples_per_s"], r["min"], r["max"],
+                     r["conv_gflop"] / r["s_per_step"], r["peak_rss_gb"]))
+    if args.loader:
+        loader = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_loader.py")], check=True,
+                                capture_output=True, text=True)
+        print(loader.stdout.strip())
+
+
+def run_subprocess(args, batch, precision):
+    cmd = [sys.executable, __file__, "--one", "--batch", str(batch), "--context", str(args.context),
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--canvas-read", str(args.canvas_read),
+           "--precision", precision]
+    cmd += ["--unshared"] if args.unshared else []
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)
 
 
 if __name__ == "__main__":
