@@ -27,6 +27,7 @@ import core
 from gqn import checkpoint, images
 from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, get_dataset
 from gqn.loader import make_loader
+from gqn.plots import plot_curves
 from gqn.schedules import linear_anneal
 from gqn.synthetic import ensure_synthetic
 
@@ -435,7 +436,9 @@ def main(argv=None):
     if num_workers > 1:
         model.save_parameters(os.path.join(run_dir, "rank%d.params" % rank))
     if rank == 0:
-        print("stopped at step %d%s; run in %s" % (step, " (signal %d)" % stop.signal if stop else "", run_dir))
+        plot_curves(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "curves.png"), run_dir)
+        print("stopped at step %d%s; run in %s (curves.png, val-grid-latest.png)"
+              % (step, " (signal %d)" % stop.signal if stop else "", run_dir))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def test_dry_run_writes_checkpoint_logs_and_grid(data_dir, tmp_path):
     grid = np.asarray(Image.open(run / "val-grid-latest.png"))
     assert grid.shape == (4 * 18 + 2, (3 + 2 + 1) * 18 + 2, 3)  # 4 scenes; 3 context | sample, recon | truth
     assert len(metrics_of(run, "val")) == 2 and len(metrics_of(run, "train")) == 4
+    assert np.asarray(Image.open(run / "curves.png")).shape[2] in (3, 4)
 
 
 def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
