@@ -51,6 +51,10 @@ def probe(ctx, dtype):
         y.backward()
         w.grad.wait_to_read()
     except mx.base.MXNetError as error:
+        try:
+            mx.nd.waitall()  # collects the failed op's error, which the engine would raise again at exit
+        except mx.base.MXNetError:
+            pass
         lines = [line for line in str(error).strip().splitlines() if line.strip()]
         return lines[-1] if lines else repr(error)
     return None
