@@ -28,10 +28,12 @@ import flops  # noqa: E402
 
 CONV = {"Convolution", "_backward_Convolution"}
 # The ConvLSTM cells' elementwise work: gate split, sigmoid/tanh, products and sums of the cell update, the
-# input concat, and their backward passes (a few of these ops also serve the KL and the loss).
+# input concat (with core._concat's expand_dims/reshape), and their backward passes (a few of these ops also
+# serve the KL, the loss and the tower).
 GATES = {"sigmoid", "tanh", "_backward_sigmoid", "_backward_tanh", "elemwise_mul", "elemwise_add",
-         "_backward_mul", "_backward_add", "_grad_add", "SliceChannel", "_split_v2", "_split_v2_backward",
-         "Concat", "_backward_Concat", "ElementWiseSum", "add_n"}
+         "_backward_mul", "_backward_add", "_grad_add", "SliceChannel", "_backward_SliceChannel", "Concat",
+         "_backward_Concat", "ElementWiseSum", "add_n", "expand_dims", "_backward_expand_dims", "Reshape",
+         "_backward_reshape", "_backward_copy"}
 
 
 def train_steps(model, trainer, config, batch, context, steps):
@@ -120,7 +122,7 @@ def report(ops, wall, conv, args):
     conv_time = sum(t for name, t in total.items() if name in CONV)
     gate_time = sum(t for name, t in total.items() if name in GATES)
     print("\n%-32s %9s %7s" % ("where the step goes", "s/step", "share"))
-    for label, seconds in (("convolution (fwd + bwd)", conv_time), ("LSTM gates, elementwise", gate_time),
+    for label, seconds in (("convolution (fwd + bwd)", conv_time), ("LSTM gates: elementwise, concat", gate_time),
                            ("other operators", op_time - conv_time - gate_time),
                            ("host overhead (wall - operators)", step - op_time)):
         print("%-32s %9.3f %6.1f%%" % (label, seconds, 100 * seconds / step))
