@@ -193,7 +193,7 @@ def split_batch(batch, ctxs):
     return [type(batch)(*parts) for parts in zip(*fields)]
 
 
-def train_step(model, trainer, batch, ctxs, sigma, batch_size, distributed=False):
+def train_step(model, trainer, batch, ctxs, sigma, batch_size):
     """Forward, backward and one Adam step -> per-sample (nll, kl, mse) NDArrays (no host sync)."""
     terms = []
     with autograd.record():
@@ -203,10 +203,6 @@ def train_step(model, trainer, batch, ctxs, sigma, batch_size, distributed=False
             nll = core.gaussian_nll(mx.nd, part.target, mean, sigma)
             terms.append((nll, kl, mean, part.target, nll + kl))
     autograd.backward([loss for *_, loss in terms])
-    if distributed:
-        # Wait for backward before the kvstore reads the gradients: without this, workers' parameters were seen
-        # to diverge (the dist kvstore's push raced the gradients of the composed canvas weights).
-        mx.nd.waitall()
     trainer.step(batch_size)
     return [(nll, kl, core.mse(mx.nd, target, mean)) for nll, kl, mean, target, _ in terms]
 
@@ -340,8 +336,7 @@ def train(run, step, stop):
         sigma, lr = sigma_at(step), lr_at(step)
         trainer.set_learning_rate(lr)
         mx.random.seed(noise_seed(config.seed, run["rank"], step))
-        terms = train_step(model, trainer, next(batches), run["ctxs"], sigma, config.batch_size,
-                           config.kvstore.startswith("dist"))
+        terms = train_step(model, trainer, next(batches), run["ctxs"], sigma, config.batch_size)
         step += 1
         bar.update(1)
         if step % config.log_every == 0:
