@@ -31,7 +31,8 @@ def run_one(args):
     from gqn import amp
     import flops
     B, K, precision = args.batch[0], args.context, args.precision[0]
-    row = {"batch": B, "precision": precision, "canvas_read": args.canvas_read}
+    row = {"batch": B, "precision": precision, "canvas_read": args.canvas_read,
+           "alloc": "dynamic" if args.dynamic_alloc else "static"}
     if precision == "bf16":
         try:
             amp.init(mx.cpu())
@@ -43,7 +44,7 @@ def run_one(args):
     model = core.GQN(config)
     model.initialize(mx.init.Xavier())
     conv = flops.conv_flops(model, config, B, K)
-    model.hybridize(static_alloc=True, static_shape=True)
+    model.hybridize(static_alloc=not args.dynamic_alloc, static_shape=not args.dynamic_alloc)
     trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": 5e-4})
     amp.init_trainer(trainer)
     size = config.image_size // 4
@@ -83,14 +84,17 @@ def main():
                         help="fp32 and/or bf16 (AMP) rows (default: fp32)")
     parser.add_argument("--amp", action="store_true", help="same as --precision bf16")
     parser.add_argument("--loader", action="store_true", help="also print bench/bench_loader.py's scenes/s")
+    parser.add_argument("--dynamic-alloc", action="store_true",
+                        help="hybridize without static_alloc/static_shape (less memory; default: static)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return run_one(args)
     if args.amp:
         args.precision = ["bf16"]
-    print("%6s %9s %8s %10s %11s %12s %9s" % ("batch", "precision", "s/step", "samples/s", "range", "conv GFLOP/s",
-                                              "peak RSS"))
+    print("%6s %9s %8s %10s %11s %12s %9s  (%s allocation)" % (
+        "batch", "precision", "s/step", "samples/s", "range", "conv GFLOP/s", "peak RSS",
+        "dynamic" if args.dynamic_alloc else "static"))
     for batch in args.batch:
         for precision in args.precision:
             r = run_subprocess(args, batch, precision)
@@ -111,6 +115,7 @@ def run_subprocess(args, batch, precision):
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--canvas-read", str(args.canvas_read),
            "--precision", precision]
     cmd += ["--unshared"] if args.unshared else []
+    cmd += ["--dynamic-alloc"] if args.dynamic_alloc else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
 
