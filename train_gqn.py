@@ -24,7 +24,7 @@ from mxnet import autograd, gluon
 from tqdm import tqdm
 
 import core
-from gqn import checkpoint, images
+from gqn import amp, checkpoint, images
 from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, get_dataset
 from gqn.loader import make_loader
 from gqn.plots import plot_curves
@@ -57,6 +57,8 @@ class TrainConfig:
     shared_cores: bool = arg(True, "share the ConvLSTM cores across the L steps")
     canvas_to_inference: bool = arg(True, "the inference core reads the canvas (authors' advice)")
     kernel: int = arg(5, "ConvLSTM and prior/posterior kernel size")
+    amp: bool = arg(False, "mixed precision (gqn/amp.py): bf16 on CPU (needs a CPU with bf16 kernels: AVX-512), "
+                           "fp16 with dynamic loss scaling on GPU")
     sigma_initial: float = arg(2.0, "pixel standard deviation at step 0")
     sigma_final: float = arg(0.7, "pixel standard deviation after --sigma-steps")
     sigma_steps: int = arg(200000, "steps over which pixel sigma anneals linearly")
@@ -202,7 +204,7 @@ def train_step(model, trainer, batch, ctxs, sigma, batch_size):
             mean, kl = model(*part[:4], noise, part.target)
             nll = core.gaussian_nll(mx.nd, part.target, mean, sigma)
             terms.append((nll, kl, mean, part.target, nll + kl))
-    autograd.backward([loss for *_, loss in terms])
+    amp.backward([loss for *_, loss in terms], trainer)  # autograd.backward, through the fp16 loss scaler if any
     trainer.step(batch_size)
     return [(nll, kl, core.mse(mx.nd, target, mean)) for nll, kl, mean, target, _ in terms]
 
@@ -394,6 +396,7 @@ def build(config, manifest, ctxs, kv):
     distributed = not isinstance(kv, str)
     trainer = gluon.Trainer(model.collect_params(), "adam", adam, kvstore=kv,
                             update_on_kvstore=False if distributed else None)
+    amp.init_trainer(trainer)  # fp16 only: MXNet's dynamic loss scaler
     return model, trainer
 
 
@@ -408,6 +411,11 @@ def main(argv=None):
                          "another directory" % (run_dir, run_dir))
     kv, rank, num_workers = make_kvstore(config)
     ctxs = devices(config)
+    if config.amp:  # process-wide, before any model is built or any backward pass runs
+        try:
+            amp.init(ctxs[0])
+        except amp.AmpUnsupported as error:
+            raise SystemExit("train_gqn.py: %s" % error)
     if rank == 0:  # one writer of a synthetic dataset; the other workers wait for it
         prepare_data(config)
     if num_workers > 1:
