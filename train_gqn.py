@@ -416,11 +416,12 @@ def main(argv=None):
             amp.init(ctxs[0])
         except amp.AmpUnsupported as error:
             raise SystemExit("train_gqn.py: %s" % error)
-    if rank == 0:  # one writer of a synthetic dataset; the other workers wait for it
-        prepare_data(config)
+    if rank == 0:  # one writer of a synthetic dataset; the other workers read it after the barrier
+        root, manifest = prepare_data(config)
     if num_workers > 1:
         kv._barrier()
-    root, manifest = prepare_data(config)
+    if rank != 0:
+        root, manifest = prepare_data(config)
     k = max_context(config, manifest)
     model, trainer = build(config, manifest, ctxs, kv)
     step = checkpoint.load_checkpoint(found, model, trainer, ctxs)["step"] if found else 0
