@@ -39,42 +39,13 @@ from tqdm import tqdm
 import core
 import train_gqn
 from gqn import checkpoint, scene_format
+from gqn.baselines import baseline_mse
 from gqn.datasets import SPLITS
 from gqn.loader import Batch, make_loader
 
-TIE = 1e-6  # camera distances closer than this count as equal
 METRICS = [("elbo", "-ELBO"), ("nll", "NLL"), ("kl", "KL"), ("bits_per_dim", "bits/dim"),
            ("mse_prior_sample", "MSE sample"), ("mse_prior_mean", "MSE mean-S"), ("mse_posterior", "MSE post"),
            ("mse_nearest_view", "MSE nearest"), ("mse_mean_context", "MSE ctx-mean")]
-
-
-def view_directions(cameras):
-    """Unit viewing directions (..., 3) of cameras (..., 7): x, y, z, sin yaw, cos yaw, sin pitch, cos pitch."""
-    sin_yaw, cos_yaw, sin_pitch, cos_pitch = (cameras[..., i] for i in range(3, 7))
-    return np.stack([cos_pitch * cos_yaw, cos_pitch * sin_yaw, sin_pitch], axis=-1)
-
-
-def nearest_view(context_cameras, context_mask, query_camera):
-    """Slot (B,) of the real context view nearest the query camera (see the module docstring for 'nearest').
-
-    context_cameras (B, K, 7), context_mask (B, K), query_camera (B, 7).
-    """
-    real = np.asarray(context_mask) > 0
-    if not real.any(axis=1).all():
-        raise ValueError("scenes %s have no real context view" % np.flatnonzero(~real.any(axis=1)).tolist())
-    distance = np.linalg.norm(context_cameras[..., :3] - query_camera[:, None, :3], axis=-1)  # (B, K)
-    distance = np.where(real, distance, np.inf)
-    tied = distance <= distance.min(axis=1, keepdims=True) + TIE
-    cosine = np.sum(view_directions(context_cameras) * view_directions(query_camera)[:, None], axis=-1)  # (B, K)
-    angle = np.arccos(np.clip(cosine, -1.0, 1.0))
-    return np.argmin(np.where(tied, angle, np.inf), axis=1)
-
-
-def mean_context(context_frames, context_mask):
-    """Mean image of the real context views: (B, K, 3, H, W), (B, K) -> (B, 3, H, W); masked slots are ignored."""
-    mask = np.asarray(context_mask, dtype=np.float64)
-    weights = mask / mask.sum(axis=1, keepdims=True)                  # (B, K), each row sums to 1
-    return np.einsum("bk,bkchw->bchw", weights, context_frames)
 
 
 def scene_metrics(batch, posterior_mean, kl, prior_samples, sigma):
@@ -85,15 +56,14 @@ def scene_metrics(batch, posterior_mean, kl, prior_samples, sigma):
     target = np.asarray(batch.target, dtype=np.float64)
     nll = core.gaussian_nll(np, target, np.asarray(posterior_mean, dtype=np.float64), sigma)
     kl = np.asarray(kl, dtype=np.float64)
-    nearest = nearest_view(batch.context_cameras, batch.context_mask, batch.query_camera)
-    nearest_frames = batch.context_frames[np.arange(len(target)), nearest]   # (B, 3, H, W)
     samples = np.asarray(prior_samples, dtype=np.float64)
-    return {"elbo": nll + kl, "nll": nll, "kl": kl, "bits_per_dim": core.bits_per_dim(nll + kl, target[0].size),
-            "mse_prior_sample": core.mse(np, target, samples[:, 0]),
-            "mse_prior_mean": core.mse(np, target, samples.mean(axis=1)),
-            "mse_posterior": core.mse(np, target, posterior_mean),
-            "mse_nearest_view": core.mse(np, target, nearest_frames),
-            "mse_mean_context": core.mse(np, target, mean_context(batch.context_frames, batch.context_mask))}
+    metrics = {"elbo": nll + kl, "nll": nll, "kl": kl, "bits_per_dim": core.bits_per_dim(nll + kl, target[0].size),
+               "mse_prior_sample": core.mse(np, target, samples[:, 0]),
+               "mse_prior_mean": core.mse(np, target, samples.mean(axis=1)),
+               "mse_posterior": core.mse(np, target, posterior_mean)}
+    metrics.update(baseline_mse(batch.context_frames, batch.context_cameras, batch.context_mask, batch.query_camera,
+                                target))
+    return metrics
 
 
 def summarise(per_scene):

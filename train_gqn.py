@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import core
 from gqn import amp, checkpoint, images
+from gqn.baselines import baseline_mse
 from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, get_dataset
 from gqn.loader import make_loader
 from gqn.plots import plot_curves
@@ -76,6 +77,8 @@ class TrainConfig:
     gpus: str = arg("", "comma-separated GPU ids, e.g. 0,1 (data parallel); empty = CPU")
     kvstore: str = arg("device", "MXNet kvstore; dist_* for several machines (see README)",
                        ["device", "local", "dist_sync", "dist_device_sync", "dist_async"])
+    micro_batch: int = arg(0, "scenes per forward/backward pass on each device: passes add their gradients, so "
+                              "a step is unchanged and needs only one pass's memory; 0 = the device's whole share")
     workers: int = arg(2, "DataLoader worker processes")
     seed: int = arg(0, "seed of data order, context draws, noise and initialisation")
     synthetic_scenes: int = arg(2000, "training scenes rendered for a synthetic family (test: 1/10)")
@@ -195,18 +198,73 @@ def split_batch(batch, ctxs):
     return [type(batch)(*parts) for parts in zip(*fields)]
 
 
-def train_step(model, trainer, batch, ctxs, sigma, batch_size):
-    """Forward, backward and one Adam step -> per-sample (nll, kl, mse) NDArrays (no host sync)."""
+def train_step(model, trainer, batch, ctxs, sigma, batch_size, micro_batch=0):
+    """Forward, backward and one Adam step -> per-sample (nll, kl, mse) NDArrays (no host sync).
+
+    With micro_batch, each device's share runs in passes of micro_batch scenes whose gradients are summed
+    (GradientSum) into those of one pass: the same update, with the activation memory of one pass. The noise
+    is drawn for the whole share first, so it does not depend on micro_batch.
+    """
+    parts = split_batch(batch, ctxs)
+    noises = [noise_for(model.config, part.target.shape[0], part.target.context) for part in parts]
+    per_device = parts[0].target.shape[0]
+    size = micro_batch or per_device
+    passes = GradientSum.of(model) if size < per_device else None
     terms = []
-    with autograd.record():
-        for part in split_batch(batch, ctxs):
-            noise = noise_for(model.config, part.target.shape[0], part.target.context)
-            mean, kl = model(*part[:4], noise, part.target)
-            nll = core.gaussian_nll(mx.nd, part.target, mean, sigma)
-            terms.append((nll, kl, mean, part.target, nll + kl))
-    amp.backward([loss for *_, loss in terms], trainer)  # autograd.backward, through the fp16 loss scaler if any
+    for begin in range(0, per_device, size):
+        chunks = [(type(part)(*(a[begin:begin + size] for a in part)), noise[begin:begin + size])
+                  for part, noise in zip(parts, noises)]
+        outputs, losses = [], []
+        with autograd.record():
+            for chunk, noise in chunks:
+                mean, kl = model(*chunk[:4], noise, chunk.target)
+                nll = core.gaussian_nll(mx.nd, chunk.target, mean, sigma)
+                outputs.append((nll, kl, mean, chunk.target))
+                losses.append(nll + kl)
+        amp.backward(losses, trainer)  # autograd.backward, through the fp16 loss scaler if any
+        terms += [(nll, kl, core.mse(mx.nd, target, mean)) for nll, kl, mean, target in outputs]
+        if passes is not None:
+            passes.add(last=begin + size >= per_device)
     trainer.step(batch_size)
-    return [(nll, kl, core.mse(mx.nd, target, mean)) for nll, kl, mean, target, _ in terms]
+    return terms
+
+
+class GradientSum:
+    """Sums the gradients of several backward passes into the last one's.
+
+    Not grad_req 'add': in MXNet 1.9.1 a hybridized (static_alloc) graph with grad_req 'add' gets a wrong
+    gradient for a parameter that several ops read (core.GQN's write_bias: 68% off; tests/test_train.py).
+    """
+
+    def __init__(self, model):
+        self.params = [p for p in model.collect_params().values() if p.grad_req != "null"]
+        self.sums = None
+
+    @classmethod
+    def of(cls, model):
+        """The model's one GradientSum (its buffers are reused step after step)."""
+        if "_gradient_sum" not in model.__dict__:
+            object.__setattr__(model, "_gradient_sum", cls(model))
+        return model._gradient_sum
+
+    def add(self, last):
+        """After a backward pass: keep its gradients; after the last pass, add the kept ones into them."""
+        grads = [g for p in self.params for g in p.list_grad()]
+        if last:
+            for grad, total in zip(grads, self.sums):
+                grad += total
+            self.sums = None
+        elif self.sums is None:
+            self.sums = [g.copy() for g in grads]
+        else:
+            for grad, total in zip(grads, self.sums):
+                total += grad
+
+
+def check_micro_batch(per_device, micro_batch):
+    if micro_batch and per_device % micro_batch:
+        raise SystemExit("train_gqn.py: --micro-batch %d does not divide the %d scenes each device gets per step; "
+                         "choose a divisor of %d" % (micro_batch, per_device, per_device))
 
 
 def mean_terms(terms):
@@ -216,11 +274,12 @@ def mean_terms(terms):
 
 
 def validate(model, batches, sigma, seed):
-    """Posterior ELBO terms and the MSE of a prior sample on the fixed held-out batches; and their grid."""
+    """Posterior ELBO terms, the MSE of a prior sample and of the two baselines on the fixed held-out batches; grid."""
     renderer = model.generator()
     mx.random.seed(seed)  # the same noise at every validation, so curves compare like with like
-    terms, rows = [], None
+    terms, rows, baselines = [], None, []
     for batch in batches:
+        baselines.append(baseline_mse(*(a.asnumpy() for a in batch)))
         noise = noise_for(model.config, batch.target.shape[0], batch.target.context)
         recon, kl = model(*batch[:4], noise, batch.target)
         sample = renderer(*batch[:4], noise)
@@ -230,6 +289,8 @@ def validate(model, batches, sigma, seed):
     metrics = mean_terms(terms)
     metrics["mse_prior_sample"] = metrics.pop("mse")
     metrics["bits_per_dim"] = core.bits_per_dim(metrics["elbo"], 3 * model.config.image_size ** 2)
+    for name in baselines[0]:  # what the model must beat: nearest context view, mean context image
+        metrics[name] = float(np.concatenate([b[name] for b in baselines]).mean())
     batch, predictions = rows
     n = min(8, batch.target.shape[0])
     grid = images.prediction_grid(batch.context_frames[:n].asnumpy(), batch.context_mask[:n].asnumpy(),
@@ -279,7 +340,7 @@ def resume_config(args, config, argv):
         raise SystemExit("train_gqn.py: --resume %s: no checkpoint there (expected %s/checkpoint/state.json)"
                          % (args.resume, args.resume))
     saved = TrainConfig(**checkpoint.load_state(found)["config"])
-    given = {name: getattr(config, name) for name in ("max_steps", "minutes")
+    given = {name: getattr(config, name) for name in ("max_steps", "minutes", "micro_batch")
              if "--" + name.replace("_", "-") in (argv if argv is not None else sys.argv[1:])}
     return found, dataclasses.replace(saved, **given)
 
@@ -338,7 +399,7 @@ def train(run, step, stop):
         sigma, lr = sigma_at(step), lr_at(step)
         trainer.set_learning_rate(lr)
         mx.random.seed(noise_seed(config.seed, run["rank"], step))
-        terms = train_step(model, trainer, next(batches), run["ctxs"], sigma, config.batch_size)
+        terms = train_step(model, trainer, next(batches), run["ctxs"], sigma, config.batch_size, config.micro_batch)
         step += 1
         bar.update(1)
         if step % config.log_every == 0:
@@ -411,6 +472,7 @@ def main(argv=None):
                          "another directory" % (run_dir, run_dir))
     kv, rank, num_workers = make_kvstore(config)
     ctxs = devices(config)
+    check_micro_batch(config.batch_size // len(ctxs), config.micro_batch)
     if config.amp:  # process-wide, before any model is built or any backward pass runs
         try:
             amp.init(ctxs[0])
@@ -433,7 +495,7 @@ def main(argv=None):
                                            json.dumps(dataclasses.asdict(config))), flush=True)
     run = {"config": config, "model": model, "trainer": trainer, "ctxs": ctxs, "root": root, "k": k,
            "rank": rank, "dir": run_dir, "last_good": step if found else None,
-           "val": validation_batches(root, config, k, config.batch_size // len(ctxs), ctxs[0]),
+           "val": validation_batches(root, config, k, config.micro_batch or config.batch_size // len(ctxs), ctxs[0]),
            "log": RunLog(run_dir, rank == 0)}
     stop = Stop()
     try:

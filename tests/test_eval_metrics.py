@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from evaluate_gqn import mean_context, nearest_view, noise_draws, scene_metrics, summarise
+from evaluate_gqn import noise_draws, scene_metrics, summarise
+from gqn.baselines import mean_context, nearest_view
 from gqn.loader import Batch, transform_cameras
 from gqn.predictor import model_cameras
 from render_gqn import ring_cameras

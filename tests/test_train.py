@@ -61,7 +61,8 @@ def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     for tag in ("train/elbo", "train/nll", "train/kl", "train/mse", "schedule/lr", "schedule/sigma",
-                "train/samples_per_s", "val/elbo", "val/nll", "val/kl", "val/mse_prior_sample"):
+                "train/samples_per_s", "val/elbo", "val/nll", "val/kl", "val/mse_prior_sample", "val/mse_nearest_view",
+                "val/mse_mean_context"):
         assert tag in found["tags"]["scalars"], tag
     assert "val/grid" in found["tags"]["images"] and found["image"] == (3 + 2 + 1) * 18 + 2
     assert len(found["elbo"]) == 4 and all(np.isfinite(found["elbo"]))
@@ -82,6 +83,38 @@ def test_resume_continues_the_same_run(data_dir, tmp_path):
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
     curve = lambda run: [m["elbo"] for m in metrics_of(run, "train") if m["step"] > 3]
     np.testing.assert_allclose(curve(tmp_path / "half"), curve(tmp_path / "whole"), rtol=1e-5)
+
+
+def sgd_update(micro_batch, seed=3, hybridize=True):
+    """Parameters minus their values after one plain SGD step (lr 1) of train_gqn.train_step: the mean gradient."""
+    import core
+    import train_gqn
+    from gqn.loader import Batch
+    config = core.ModelConfig(image_size=16, steps=2, latent=4, hidden=8, r_channels=8, kernel=3)
+    mx.random.seed(seed)
+    model = core.GQN(config, prefix="gqn_")  # the same parameter names in both calls
+    model.initialize(mx.init.Xavier())
+    if hybridize:
+        model.hybridize(static_alloc=True, static_shape=True)
+    trainer = mx.gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": 1.0})
+    rng = np.random.default_rng(seed)
+    batch = Batch(*(mx.nd.array(a) for a in (rng.uniform(size=(4, 3, 3, 16, 16)), rng.normal(size=(4, 3, 7)),
+                                             [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], rng.normal(size=(4, 7)),
+                                             rng.uniform(size=(4, 3, 16, 16)))))
+    before = {k: v.data().asnumpy() for k, v in model.collect_params().items()}
+    mx.random.seed(seed)  # the same noise
+    train_gqn.train_step(model, trainer, batch, [mx.cpu()], 0.5, 4, micro_batch)
+    return {k: before[k] - v.data().asnumpy() for k, v in model.collect_params().items()}
+
+
+@pytest.mark.parametrize("hybridize", [True, False])
+def test_micro_batches_give_the_same_gradient(hybridize):
+    """Two passes of 2 scenes, gradients summed == one pass of 4 (hybridized: where grad_req 'add' is wrong)."""
+    whole, micro = sgd_update(0, hybridize=hybridize), sgd_update(2, hybridize=hybridize)
+    for name in whole:
+        scale = np.linalg.norm(whole[name])
+        assert scale > 0, name
+        assert np.linalg.norm(micro[name] - whole[name]) <= 1e-4 * scale, name
 
 
 def test_loss_falls_when_overfitting_a_few_scenes(data_dir, tmp_path):
@@ -127,6 +160,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     (["--max-context", 12], "--max-context 12: valid 1..9"),
     (["--resume", "/nonexistent/run"], "no checkpoint there"),
     (["--sigma-final", 0], "--sigma-final 0"),
+    (["--micro-batch", 3], "--micro-batch 3 does not divide the 4 scenes"),
 ])
 def test_bad_flags_and_missing_data_give_clear_errors(data_dir, tmp_path, flags, message):
     done = train("--data-dir", data_dir if "rooms_ring_camera" not in flags else tmp_path,
