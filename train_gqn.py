@@ -362,15 +362,22 @@ def noise_seed(seed, rank, step):
 
 
 class Stop:
-    """Set by SIGINT/SIGTERM: the loop then saves a checkpoint and exits cleanly."""
+    """Set by SIGINT/SIGTERM: the loop then saves a checkpoint and exits cleanly.
+
+    DataLoader workers are forked with this handler, and there it does nothing: a terminal's Ctrl-C or a
+    `pkill -f` reaches the workers too, and a worker that died then would leave the trainer waiting for its
+    batch. The trainer decides; at exit the pool ends its workers itself. (tests/test_train.py sends both
+    signals to the whole process group.)
+    """
 
     def __init__(self):
-        self.signal = None
+        self.signal, self._pid = None, os.getpid()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        self.signal = signum
+        if os.getpid() == self._pid:
+            self.signal = signum
 
     def __bool__(self):
         return self.signal is not None

@@ -126,20 +126,32 @@ def test_loss_falls_when_overfitting_a_few_scenes(data_dir, tmp_path):
     assert np.mean(elbo[-3:]) < 0.7 * np.mean(elbo[:2]), elbo
 
 
-def test_sigint_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+@pytest.mark.parametrize("signum, workers, group", [(signal.SIGINT, 0, False), (signal.SIGINT, 2, True),
+                                                    (signal.SIGTERM, 2, True)])
+def test_a_signal_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path, signum, workers, group):
+    """To the trainer alone, or to its whole process group with loader workers (Ctrl-C; pkill -f)."""
     run = tmp_path / "run"
     cmd = [sys.executable, os.path.join(ROOT, "train_gqn.py"), "--dry-run", "--data-dir", str(data_dir),
-           "--run-dir", str(run), "--max-steps", 100000, "--checkpoint-every", 100000, "--val-every", 100000]
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--run-dir", str(run), "--max-steps", 100000, "--checkpoint-every", 100000, "--val-every", 100000,
+           "--workers", workers]
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.2)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    if group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-2000:]
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert state["step"] > 0 and "signal %d" % signal.SIGINT in out
+    assert state["step"] > 0 and "signal %d" % signum in out
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
