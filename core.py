@@ -22,6 +22,12 @@ straightforward formulation (tests/test_core.py checks this):
     from the original parameters, so gradients reach exactly the parameters of the paper's model.
   * the stride-4 write is a 1x1 convolution followed by depth_to_space, which avoids Conv2DTranspose
     (it crashes under oneDNN when applied more than once, ARCHITECTURE.md).
+
+The canvas parameters enter the graph through one identity op each. Without it, MXNet 1.9.1's static_alloc
+graph writes the gradient of a parameter that several non-convolution ops read straight into its gradient
+buffer in several pieces: with grad_req 'add' write_bias's gradient was 70% off, and under dist_sync a
+worker's gradient could be overwritten after the kvstore had pulled the aggregate (workers diverged in
+2 of 6 runs; 0 of 6 with the identity). tests/test_train.py checks both.
 """
 import math
 import warnings
@@ -261,6 +267,7 @@ class GQN(HybridBlock):
 
     def hybrid_forward(self, F, context_frames, context_cameras, context_mask, query_camera, noise, *target,
                        **canvas):
+        canvas = {name: F.identity(value) for name, value in canvas.items()}  # see the module docstring
         r = self._represent(F, context_frames, context_cameras, context_mask)   # (B, R, h, w)
         query_map = _camera_map(F, query_camera, self._size)                    # (B, 7, h, w)
         const_g = self.gen_const(_concat(F, query_map, r))                      # (B, cores*4C, h, w)

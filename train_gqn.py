@@ -201,15 +201,14 @@ def split_batch(batch, ctxs):
 def train_step(model, trainer, batch, ctxs, sigma, batch_size, micro_batch=0):
     """Forward, backward and one Adam step -> per-sample (nll, kl, mse) NDArrays (no host sync).
 
-    With micro_batch, each device's share runs in passes of micro_batch scenes whose gradients are summed
-    (GradientSum) into those of one pass: the same update, with the activation memory of one pass. The noise
-    is drawn for the whole share first, so it does not depend on micro_batch.
+    With micro_batch, each device's share runs in passes of micro_batch scenes whose gradients add up
+    (grad_req 'add', set by accumulate_gradients) to those of one pass: the same update, with the activation
+    memory of one pass. The noise is drawn for the whole share first, so it does not depend on micro_batch.
     """
     parts = split_batch(batch, ctxs)
     noises = [noise_for(model.config, part.target.shape[0], part.target.context) for part in parts]
     per_device = parts[0].target.shape[0]
     size = micro_batch or per_device
-    passes = GradientSum.of(model) if size < per_device else None
     terms = []
     for begin in range(0, per_device, size):
         chunks = [(type(part)(*(a[begin:begin + size] for a in part)), noise[begin:begin + size])
@@ -223,48 +222,23 @@ def train_step(model, trainer, batch, ctxs, sigma, batch_size, micro_batch=0):
                 losses.append(nll + kl)
         amp.backward(losses, trainer)  # autograd.backward, through the fp16 loss scaler if any
         terms += [(nll, kl, core.mse(mx.nd, target, mean)) for nll, kl, mean, target in outputs]
-        if passes is not None:
-            passes.add(last=begin + size >= per_device)
     trainer.step(batch_size)
+    if size < per_device:
+        model.collect_params().zero_grad()
     return terms
-
-
-class GradientSum:
-    """Sums the gradients of several backward passes into the last one's.
-
-    Not grad_req 'add': in MXNet 1.9.1 a hybridized (static_alloc) graph with grad_req 'add' gets a wrong
-    gradient for a parameter that several ops read (core.GQN's write_bias: 68% off; tests/test_train.py).
-    """
-
-    def __init__(self, model):
-        self.params = [p for p in model.collect_params().values() if p.grad_req != "null"]
-        self.sums = None
-
-    @classmethod
-    def of(cls, model):
-        """The model's one GradientSum (its buffers are reused step after step)."""
-        if "_gradient_sum" not in model.__dict__:
-            object.__setattr__(model, "_gradient_sum", cls(model))
-        return model._gradient_sum
-
-    def add(self, last):
-        """After a backward pass: keep its gradients; after the last pass, add the kept ones into them."""
-        grads = [g for p in self.params for g in p.list_grad()]
-        if last:
-            for grad, total in zip(grads, self.sums):
-                grad += total
-            self.sums = None
-        elif self.sums is None:
-            self.sums = [g.copy() for g in grads]
-        else:
-            for grad, total in zip(grads, self.sums):
-                total += grad
 
 
 def check_micro_batch(per_device, micro_batch):
     if micro_batch and per_device % micro_batch:
         raise SystemExit("train_gqn.py: --micro-batch %d does not divide the %d scenes each device gets per step; "
                          "choose a divisor of %d" % (micro_batch, per_device, per_device))
+
+
+def accumulate_gradients(model, per_device, micro_batch):
+    """grad_req 'add' when a device's share runs in several passes (train_step); they must divide it evenly."""
+    check_micro_batch(per_device, micro_batch)
+    if micro_batch and micro_batch < per_device:
+        model.collect_params().setattr("grad_req", "add")
 
 
 def mean_terms(terms):
@@ -465,6 +439,7 @@ def build(config, manifest, ctxs, kv):
     trainer = gluon.Trainer(model.collect_params(), "adam", adam, kvstore=kv,
                             update_on_kvstore=False if distributed else None)
     amp.init_trainer(trainer)  # fp16 only: MXNet's dynamic loss scaler
+    accumulate_gradients(model, config.batch_size // len(ctxs), config.micro_batch)
     return model, trainer
 
 

@@ -26,13 +26,15 @@ def run_one(args):
     """Time `args.repeats` training steps of one configuration in this process; print one JSON line."""
     sys.path.insert(0, ROOT)
     import mxnet as mx
-    from mxnet import autograd, gluon
+    from mxnet import gluon
     import core
+    import train_gqn
     from gqn import amp
+    from gqn.loader import Batch
     import flops
     B, K, precision = args.batch[0], args.context, args.precision[0]
     row = {"batch": B, "precision": precision, "canvas_read": args.canvas_read,
-           "alloc": "dynamic" if args.dynamic_alloc else "static"}
+           "alloc": "dynamic" if args.dynamic_alloc else "static", "micro_batch": args.micro_batch}
     if precision == "bf16":
         try:
             amp.init(mx.cpu())
@@ -43,28 +45,22 @@ def run_one(args):
     mx.random.seed(0)
     model = core.GQN(config)
     model.initialize(mx.init.Xavier())
-    conv = flops.conv_flops(model, config, B, K)
+    conv = flops.conv_flops(model, config, args.micro_batch or B, K)
     model.hybridize(static_alloc=not args.dynamic_alloc, static_shape=not args.dynamic_alloc)
     trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": 5e-4})
     amp.init_trainer(trainer)
-    size = config.image_size // 4
     nd = mx.nd
-    inputs = [nd.random.uniform(shape=(B, K, 3, 64, 64)), nd.random.normal(shape=(B, K, 7)), nd.ones((B, K)),
-              nd.random.normal(shape=(B, 7))]
-    target = nd.random.uniform(shape=(B, 3, 64, 64))
+    batch = Batch(nd.random.uniform(shape=(B, K, 3, 64, 64)), nd.random.normal(shape=(B, K, 7)), nd.ones((B, K)),
+                  nd.random.normal(shape=(B, 7)), nd.random.uniform(shape=(B, 3, 64, 64)))
+    train_gqn.accumulate_gradients(model, B, args.micro_batch)
     times = []
     for i in range(args.warmup + args.repeats):
-        noise = nd.random.normal(shape=(B, config.steps, config.latent, size, size))
         start = time.perf_counter()
-        with autograd.record():
-            mean, kl = model(*inputs, noise, target)
-            loss = core.gaussian_nll(nd, target, mean, 2.0) + kl
-        amp.backward(loss, trainer)
-        trainer.step(B)
-        loss.wait_to_read()
+        terms = train_gqn.train_step(model, trainer, batch, [mx.cpu()], 2.0, B, args.micro_batch)  # the real step
         nd.waitall()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
+    conv = {name: value * B // (args.micro_batch or B) for name, value in conv.items()}  # FLOPs of all passes
     step = statistics.median(times)
     print(json.dumps(dict(row, s_per_step=step, samples_per_s=B / step, min=min(times), max=max(times),
                           conv_gflop=(conv["forward"] + conv["backward"]) / 1e9,
@@ -86,15 +82,19 @@ def main():
     parser.add_argument("--loader", action="store_true", help="also print bench/bench_loader.py's scenes/s")
     parser.add_argument("--dynamic-alloc", action="store_true",
                         help="hybridize without static_alloc/static_shape (less memory; default: static)")
+    parser.add_argument("--micro-batch", type=int, default=0,
+                        help="scenes per forward/backward pass, gradients summed (train_gqn.py --micro-batch; "
+                             "default: 0 = the whole batch)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return run_one(args)
     if args.amp:
         args.precision = ["bf16"]
-    print("%6s %9s %8s %10s %11s %12s %9s  (%s allocation)" % (
+    print("%6s %9s %8s %10s %11s %12s %9s  (%s allocation%s)" % (
         "batch", "precision", "s/step", "samples/s", "range", "conv GFLOP/s", "peak RSS",
-        "dynamic" if args.dynamic_alloc else "static"))
+        "dynamic" if args.dynamic_alloc else "static",
+        ", passes of %d scenes" % args.micro_batch if args.micro_batch else ""))
     for batch in args.batch:
         for precision in args.precision:
             r = run_subprocess(args, batch, precision)
@@ -116,6 +116,7 @@ def run_subprocess(args, batch, precision):
            "--precision", precision]
     cmd += ["--unshared"] if args.unshared else []
     cmd += ["--dynamic-alloc"] if args.dynamic_alloc else []
+    cmd += ["--micro-batch", str(args.micro_batch)] if args.micro_batch else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
 
