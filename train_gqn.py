@@ -79,7 +79,7 @@ class TrainConfig:
                        ["device", "local", "dist_sync", "dist_device_sync", "dist_async"])
     micro_batch: int = arg(0, "scenes per forward/backward pass on each device: passes add their gradients, so "
                               "a step is unchanged and needs only one pass's memory; 0 = the device's whole share")
-    workers: int = arg(2, "DataLoader worker processes")
+    workers: int = arg(2, "DataLoader worker threads")
     seed: int = arg(0, "seed of data order, context draws, noise and initialisation")
     synthetic_scenes: int = arg(2000, "training scenes rendered for a synthetic family (test: 1/10)")
     image_size: int = arg(64, "frame size rendered for a synthetic family (converted data: from its manifest)")
@@ -165,8 +165,7 @@ def max_context(config, manifest):
 
 def training_batches(root, config, k, start_step, rank):
     """Endless training batches from step `start_step` on, the same ones an uninterrupted run would see."""
-    loader = make_loader(root, "train", config.batch_size, k, num_workers=config.workers, seed=config.seed + rank)
-    per_epoch = len(loader)
+    per_epoch = len(make_loader(root, "train", config.batch_size, k, seed=config.seed + rank))
     epoch, skip = divmod(start_step, per_epoch)
     while True:
         loader = make_loader(root, "train", config.batch_size, k, num_workers=config.workers,
@@ -336,22 +335,15 @@ def noise_seed(seed, rank, step):
 
 
 class Stop:
-    """Set by SIGINT/SIGTERM: the loop then saves a checkpoint and exits cleanly.
-
-    DataLoader workers are forked with this handler, and there it does nothing: a terminal's Ctrl-C or a
-    `pkill -f` reaches the workers too, and a worker that died then would leave the trainer waiting for its
-    batch. The trainer decides; at exit the pool ends its workers itself. (tests/test_train.py sends both
-    signals to the whole process group.)
-    """
+    """Set by SIGINT/SIGTERM: the loop then saves a checkpoint and exits cleanly."""
 
     def __init__(self):
-        self.signal, self._pid = None, os.getpid()
+        self.signal = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        if os.getpid() == self._pid:
-            self.signal = signum
+        self.signal = signum
 
     def __bool__(self):
         return self.signal is not None

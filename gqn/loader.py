@@ -7,8 +7,8 @@ and a hybridized model never rebuilds its graph. The query view is never among t
 Batches are a pure function of (seed, epoch): the batch sampler draws scene order, k and a view
 seed per scene, and workers decode only the k + 1 views they need.
 """
-import functools
 import os
+import threading
 from collections import namedtuple
 
 import cv2
@@ -23,7 +23,7 @@ class Batch(namedtuple("Batch", ["context_frames", "context_cameras", "context_m
     """context_frames (B, K, 3, H, W) float32 in [0, 1]; context_cameras (B, K, 7); context_mask
     (B, K) float32, 1 for a real view; query_camera (B, 7); target (B, 3, H, W).
 
-    Loader batches hold mx.nd arrays (in shared CPU memory when made by workers); build_batch's
+    Loader batches hold mx.nd arrays; build_batch's
     hold numpy arrays. as_in_context gives mx.nd arrays on the device the model runs on.
     """
     __slots__ = ()
@@ -90,8 +90,8 @@ def build_batch(scenes, k, max_context, rng):
 class SceneDataset(gluon.data.Dataset):
     """The scenes of root/split: item i is (JPEG byte strings (S,), raw cameras (S, 5)).
 
-    Shards are opened lazily and again in each process, so DataLoader workers never share a file
-    position with their parent.
+    Shards are opened lazily, once per process and thread, so DataLoader workers (threads, see make_loader)
+    never share a file position.
     """
 
     def __init__(self, root, split):
@@ -99,7 +99,7 @@ class SceneDataset(gluon.data.Dataset):
         self.manifest = scene_format.read_manifest(self.split_dir)
         counts = [shard["scenes"] for shard in self.manifest["shards"]]
         self._starts = np.cumsum([0] + counts)  # scene i lives in the shard whose range holds it
-        self._readers, self._pid = {}, None
+        self._readers = {}  # (pid, thread, shard) -> open reader
 
     def __len__(self):
         return int(self._starts[-1])
@@ -108,20 +108,19 @@ class SceneDataset(gluon.data.Dataset):
         """The raw scene record of scene `index`."""
         if not 0 <= index < len(self):
             raise IndexError("scene %d is not in 0..%d" % (index, len(self) - 1))
-        if self._pid != os.getpid():
-            self._readers, self._pid = {}, os.getpid()
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        if shard not in self._readers:
+        key = (os.getpid(), threading.get_ident(), shard)
+        if key not in self._readers:
             rec, idx = scene_format.shard_paths(self.split_dir, self.manifest["shards"][shard]["name"])
-            self._readers[shard] = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
-        return self._readers[shard].read_idx(int(index - self._starts[shard]))
+            self._readers[key] = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
+        return self._readers[key].read_idx(int(index - self._starts[shard]))
 
     def __getitem__(self, index):
         return scene_format.decode_scene(self.record(index))
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_readers"], state["_pid"] = {}, None  # open file handles do not cross processes
+        state["_readers"] = {}  # open file handles do not cross processes
         return state
 
 
@@ -175,9 +174,9 @@ class ContextBatchSampler(gluon.data.Sampler):
                 yield [(int(i), k, int(s)) for i, s in zip(scenes, view_seeds)]
 
 
-def to_batch(examples, shared=False):
-    """DataLoader batchify_fn: a Batch of mx.nd arrays, in shared memory when made in a worker."""
-    ctx = mx.Context("cpu_shared", 0) if shared else mx.cpu()
+def to_batch(examples):
+    """DataLoader batchify_fn: a Batch of mx.nd arrays."""
+    ctx = mx.cpu()
     return Batch(*(mx.nd.array(a, ctx=ctx, dtype=a.dtype) for a in stack_examples(examples)))
 
 
@@ -194,6 +193,8 @@ def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=
     instead of drawing k per batch; epoch: the first epoch's number (for resuming);
     last_batch: 'discard' keeps every batch the same size, 'keep' yields the remainder too;
     skip_batches: leave out the first batches of the first epoch (a resumed run), drawing the same keys.
+    num_workers: decoding threads, not processes: JPEG decoding releases the GIL, and forked workers
+    inherited the trainer's signal handlers, which could hang the pool's shutdown for ever.
     """
     scenes = SceneDataset(root, split)
     views = scenes.manifest["views_per_scene"]
@@ -204,5 +205,4 @@ def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=
     sampler = ContextBatchSampler(len(scenes), batch_size, max_context, shuffle, seed, fixed_k,
                                   last_batch, epoch, skip_batches)
     return gluon.data.DataLoader(QueryDataset(scenes, max_context), batch_sampler=sampler,
-                                 batchify_fn=functools.partial(to_batch, shared=num_workers > 0),
-                                 num_workers=num_workers)
+                                 batchify_fn=to_batch, num_workers=num_workers, thread_pool=True)

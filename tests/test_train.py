@@ -118,6 +118,13 @@ def test_micro_batches_give_the_same_gradient(hybridize):
         assert np.linalg.norm(micro[name] - whole[name]) <= 1e-4 * scale, name
 
 
+def test_loader_workers_across_epochs(data_dir, tmp_path):
+    """The loader is rebuilt every epoch (4 batches here); with forked workers that shutdown could hang for ever."""
+    done = train("--data-dir", data_dir, "--run-dir", tmp_path / "run", "--max-steps", 24, "--workers", 2,
+                 "--val-every", 100, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_loss_falls_when_overfitting_a_few_scenes(data_dir, tmp_path):
     run = tmp_path / "run"
     done = train("--data-dir", data_dir, "--run-dir", run, "--max-steps", 60, "--sigma-initial", 0.1,
