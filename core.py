@@ -23,11 +23,11 @@ straightforward formulation (tests/test_core.py checks this):
   * the stride-4 write is a 1x1 convolution followed by depth_to_space, which avoids Conv2DTranspose
     (it crashes under oneDNN when applied more than once, ARCHITECTURE.md).
 
-The canvas parameters enter the graph through one identity op each. Without it, MXNet 1.9.1's static_alloc
-graph writes the gradient of a parameter that several non-convolution ops read straight into its gradient
-buffer in several pieces: with grad_req 'add' write_bias's gradient was 70% off, and under dist_sync a
-worker's gradient could be overwritten after the kvstore had pulled the aggregate (workers diverged in
-2 of 6 runs; 0 of 6 with the identity). tests/test_train.py checks both.
+The canvas parameters enter the graph through one identity op each. Without it, with MXNet 1.9.1's static_alloc
+graph, write_bias's gradient was 70% off under grad_req 'add', and dist_sync workers ended with different
+parameters in 2 of 6 runs (0 of 6 with it). Our reading, not proven: a parameter that several non-convolution
+ops read gets its gradient accumulated in place in its own buffer (cf. apache/mxnet#17989). tests/test_train.py
+checks both.
 """
 import math
 import warnings
