@@ -7,9 +7,11 @@ and a hybridized model never rebuilds its graph. The query view is never among t
 Batches are a pure function of (seed, epoch): the batch sampler draws scene order, k and a view
 seed per scene, and workers decode only the k + 1 views they need.
 """
+import itertools
 import os
 import threading
-from collections import namedtuple
+from collections import deque, namedtuple
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import mxnet as mx
@@ -174,10 +176,40 @@ class ContextBatchSampler(gluon.data.Sampler):
                 yield [(int(i), k, int(s)) for i, s in zip(scenes, view_seeds)]
 
 
-def to_batch(examples):
-    """DataLoader batchify_fn: a Batch of mx.nd arrays."""
-    ctx = mx.cpu()
-    return Batch(*(mx.nd.array(a, ctx=ctx, dtype=a.dtype) for a in stack_examples(examples)))
+class Loader:
+    """Batches of ContextBatchSampler's keys, made by `workers` threads (none: in the caller), in order.
+
+    Worker threads only decode and stack numpy arrays (JPEG decoding releases the GIL); the mx.nd Batch is
+    made in the calling thread. At most 2 * workers batches are in flight; a loop that leaves mid-epoch ends
+    the threads when the generator is closed, or at exit (concurrent.futures joins them).
+    """
+
+    def __init__(self, dataset, sampler, workers):
+        self.dataset, self.sampler, self.workers = dataset, sampler, workers
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def _numpy_batch(self, keys):
+        return stack_examples([self.dataset[key] for key in keys])
+
+    def __iter__(self):
+        keys = iter(self.sampler)
+        if not self.workers:
+            for batch_keys in keys:
+                yield _to_nd(self._numpy_batch(batch_keys))
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending = deque(pool.submit(self._numpy_batch, k) for k in itertools.islice(keys, 2 * self.workers))
+            while pending:
+                batch = pending.popleft().result()
+                for batch_keys in itertools.islice(keys, 1):
+                    pending.append(pool.submit(self._numpy_batch, batch_keys))
+                yield _to_nd(batch)
+
+
+def _to_nd(arrays):
+    return Batch(*(mx.nd.array(a, dtype=a.dtype) for a in arrays))
 
 
 def _check_range(name, value, low, high):
@@ -187,14 +219,14 @@ def _check_range(name, value, low, high):
 
 def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=0, seed=0,
                 fixed_k=None, epoch=0, last_batch="discard", skip_batches=0):
-    """A gluon DataLoader of Batch over root/split (see the module docstring for the sampling).
+    """A Loader of mx.nd Batches over root/split (see the module docstring for the sampling).
 
     max_context: K, at most S - 1; fixed_k: use exactly this many real context views (1..K)
     instead of drawing k per batch; epoch: the first epoch's number (for resuming);
     last_batch: 'discard' keeps every batch the same size, 'keep' yields the remainder too;
     skip_batches: leave out the first batches of the first epoch (a resumed run), drawing the same keys.
-    num_workers: decoding threads, not processes: JPEG decoding releases the GIL, and forked workers
-    inherited the trainer's signal handlers, which could hang the pool's shutdown for ever.
+    num_workers: decoding threads, not processes: JPEG decoding releases the GIL, and the forked workers of
+    gluon's DataLoader inherited the trainer's signal handlers, which could hang the pool's shutdown for ever.
     """
     scenes = SceneDataset(root, split)
     views = scenes.manifest["views_per_scene"]
@@ -204,5 +236,4 @@ def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=
         _check_range("fixed_k", fixed_k, 1, max_context)
     sampler = ContextBatchSampler(len(scenes), batch_size, max_context, shuffle, seed, fixed_k,
                                   last_batch, epoch, skip_batches)
-    return gluon.data.DataLoader(QueryDataset(scenes, max_context), batch_sampler=sampler,
-                                 batchify_fn=to_batch, num_workers=num_workers, thread_pool=True)
+    return Loader(QueryDataset(scenes, max_context), sampler, num_workers)

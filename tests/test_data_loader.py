@@ -98,3 +98,16 @@ def test_build_batch_from_decoded_scenes(root):
     assert (batch.context_mask.sum(1) == 3).all()
     nd_batch = batch.as_in_context(__import__("mxnet").cpu())
     np.testing.assert_array_equal(nd_batch.query_camera.asnumpy(), batch.query_camera)
+
+
+def test_leaving_a_threaded_loader_mid_epoch_exits_cleanly(root):
+    """gluon's thread-pool DataLoader aborted the interpreter at exit here ("terminate called without an active
+    exception"); Loader's own threads are joined."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, %r)\nfrom gqn import loader\n"
+            "for i, batch in enumerate(loader.make_loader(%r, 'train', 2, 5, num_workers=2)):\n"
+            "    if i == 1:\n        break\nprint('left')" % (os.path.dirname(os.path.dirname(__file__)), root))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "left" in done.stdout, done.stderr[-1000:]
