@@ -25,7 +25,7 @@ def scenes_per_second(root, num_workers, batches):
         for batch in data:
             batch.target.wait_to_read()
             if seen < 0:
-                start = time.time()  # the first batch pays for forking the workers
+                start = time.time()  # the first batch pays for starting the worker threads
             seen += 1
             if seen == batches:
                 break
