@@ -101,7 +101,7 @@ class SceneDataset(gluon.data.Dataset):
         self.manifest = scene_format.read_manifest(self.split_dir)
         counts = [shard["scenes"] for shard in self.manifest["shards"]]
         self._starts = np.cumsum([0] + counts)  # scene i lives in the shard whose range holds it
-        self._readers = {}  # (pid, thread, shard) -> open reader
+        self._local = threading.local()  # .readers: {shard: open reader} of this thread
 
     def __len__(self):
         return int(self._starts[-1])
@@ -111,19 +111,22 @@ class SceneDataset(gluon.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError("scene %d is not in 0..%d" % (index, len(self) - 1))
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        key = (os.getpid(), threading.get_ident(), shard)
-        if key not in self._readers:
+        readers = self._local.__dict__.setdefault("readers", {})  # a worker thread's readers go with it
+        if shard not in readers:
             rec, idx = scene_format.shard_paths(self.split_dir, self.manifest["shards"][shard]["name"])
-            self._readers[key] = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
-        return self._readers[key].read_idx(int(index - self._starts[shard]))
+            readers[shard] = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
+        return readers[shard].read_idx(int(index - self._starts[shard]))
 
     def __getitem__(self, index):
         return scene_format.decode_scene(self.record(index))
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_readers"] = {}  # open file handles do not cross processes
+        state["_local"] = None  # open file handles do not cross processes
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _local=threading.local())
 
 
 class QueryDataset(gluon.data.Dataset):
@@ -203,7 +206,8 @@ class Loader:
             pending = deque(pool.submit(self._numpy_batch, k) for k in itertools.islice(keys, 2 * self.workers))
             while pending:
                 batch = pending.popleft().result()
-                for batch_keys in itertools.islice(keys, 1):
+                batch_keys = next(keys, None)
+                if batch_keys is not None:
                     pending.append(pool.submit(self._numpy_batch, batch_keys))
                 yield _to_nd(batch)
 
