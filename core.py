@@ -24,10 +24,9 @@ straightforward formulation (tests/test_core.py checks this):
     (it crashes under oneDNN when applied more than once, ARCHITECTURE.md).
 
 The canvas parameters enter the graph through one identity op each. Without it, with MXNet 1.9.1's static_alloc
-graph, write_bias's gradient was 70% off under grad_req 'add' (right with it), and dist_sync workers ended with
-different parameters in 2 of 6 runs (at least 3 of 14 with it, so that divergence has another cause, see issue 4). Our reading, not proven: a parameter that several non-convolution
-ops read gets its gradient accumulated in place in its own buffer (cf. apache/mxnet#17989). tests/test_train.py
-checks both.
+graph, write_bias's gradient was 70% off under grad_req 'add' (right with it). Our reading, not proven: a parameter
+that several non-convolution ops read gets its gradient accumulated in place in its own buffer (cf.
+apache/mxnet#17989). tests/test_train.py checks it.
 """
 import math
 import warnings

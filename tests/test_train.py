@@ -213,18 +213,11 @@ def differing(ranks):
     return sorted(name for name in ranks[0] if not np.array_equal(ranks[0][name], ranks[1][name]))
 
 
-def test_dist_sync_workers_finish(data_dir, tmp_path):
-    # Open bug (issue 4 note): now and then the workers end with different parameters (at least 3 of 14 runs since
-    # core.GQN passes its canvas parameters through identity ops: once only write_weight, once many parameters), so this
-    # asserts what holds every time: both workers finish the run with the same finite parameter set.
-    ranks = run_dist_sync(data_dir, tmp_path / "run")
-    print("dist_sync parameters that differ between the workers: %s" % differing(ranks))
-    assert ranks[0].keys() == ranks[1].keys()
-    for name in ranks[0]:
-        assert ranks[0][name].shape == ranks[1][name].shape and np.isfinite(ranks[1][name]).all(), name
-
-
-@pytest.mark.xfail(strict=False, reason="open bug: dist_sync workers sometimes end with different parameters "
-                                        "(issue 4)")
 def test_dist_sync_workers_end_with_identical_parameters(data_dir, tmp_path):
-    assert differing(run_dist_sync(data_dir, tmp_path / "run")) == []
+    # Without train_gqn.start_kvstore, MXNet's Trainer pulled the initial weights inside the first step, unordered
+    # with the gradient pushes: in about 1 run in 3 a worker started from summed gradients (write_weight, key 0).
+    ranks = run_dist_sync(data_dir, tmp_path / "run")
+    assert ranks[0].keys() == ranks[1].keys()
+    assert differing(ranks) == []
+    for name in ranks[0]:
+        assert np.isfinite(ranks[0][name]).all(), name
