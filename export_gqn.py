@@ -8,9 +8,9 @@ takes any batch size B and any number of context slots K. Load it with gqn.predi
 """
 import os
 
-# MXNet runs one OpenMP thread per two cores unless told otherwise (it assumes hyper-threading); on a CPU
-# without it that halves convolution speed. Set before mxnet is imported; a user's OMP_NUM_THREADS wins.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
+
+cpu.setup()
 
 import argparse
 import json

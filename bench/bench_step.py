@@ -6,17 +6,18 @@ mx.contrib.amp through gqn/amp.py; a CPU without bf16 kernels gets a row saying 
 --loader adds bench/bench_loader.py's scenes/s of the data loader.
 """
 import os
+import sys
 
-# MXNet runs one OpenMP thread per two cores unless told otherwise (it assumes hyper-threading); on a CPU
-# without it that halves convolution speed. Set before mxnet is imported; a user's OMP_NUM_THREADS wins.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
+
+cpu.setup()
 
 import argparse
 import json
 import resource
 import statistics
 import subprocess
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

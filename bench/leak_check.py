@@ -7,14 +7,16 @@ forward, backward and Adam on the hybridized, statically allocated model, with a
 as train_gqn.py does. Prints RSS every --every steps and the growth after the first report (warm-up).
 """
 import os
+import sys
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
+
+cpu.setup()
 
 import argparse
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402

@@ -9,16 +9,18 @@ GFLOP/s (analytic FLOPs of the model's convolutions, bench/flops.py) against two
 an fp32 sgemm (numpy) and one of the model's 5x5 gate convolutions forward + backward (MXNet).
 """
 import os
+import sys
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
+
+cpu.setup()
 os.environ["MXNET_EXEC_BULK_EXEC_TRAIN"] = "0"
 
 import argparse
 import json
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
