@@ -250,18 +250,20 @@ def validate(model, batches, sigma, seed):
     """Posterior ELBO terms, the MSE of a prior sample and of the two baselines on the fixed held-out batches; grid."""
     renderer = model.generator()
     mx.random.seed(seed)  # the same noise at every validation, so curves compare like with like
-    terms, rows, baselines = [], None, []
+    terms, rows, baselines, samples = [], None, [], []
     for batch in batches:
         baselines.append(baseline_mse(*(a.asnumpy() for a in batch)))
         noise = noise_for(model.config, batch.target.shape[0], batch.target.context)
         recon, kl = model(*batch[:4], noise, batch.target)
         sample = renderer(*batch[:4], noise)
+        samples.append(sample.asnumpy())
         terms.append((core.gaussian_nll(mx.nd, batch.target, recon, sigma), kl, core.mse(mx.nd, batch.target, sample)))
         if rows is None:
             rows = (batch, mx.nd.stack(sample, recon, axis=1))  # (B, 2, 3, H, W): prior sample, reconstruction
     metrics = mean_terms(terms)
     metrics["mse_prior_sample"] = metrics.pop("mse")
     metrics["bits_per_dim"] = core.bits_per_dim(metrics["elbo"], 3 * model.config.image_size ** 2)
+    metrics["sample_spread"] = float(np.concatenate(samples).std(axis=0).mean())  # ~0: one image for every scene
     for name in baselines[0]:  # what the model must beat: nearest context view, mean context image
         metrics[name] = float(np.concatenate([b[name] for b in baselines]).mean())
     batch, predictions = rows

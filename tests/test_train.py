@@ -61,7 +61,7 @@ def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     for tag in ("train/elbo", "train/nll", "train/kl", "train/mse", "schedule/lr", "schedule/sigma",
-                "train/samples_per_s", "val/elbo", "val/nll", "val/kl", "val/mse_prior_sample", "val/mse_nearest_view",
+                "train/samples_per_s", "val/elbo", "val/nll", "val/kl", "val/mse_prior_sample", "val/sample_spread", "val/mse_nearest_view",
                 "val/mse_mean_context"):
         assert tag in found["tags"]["scalars"], tag
     assert "val/grid" in found["tags"]["images"] and found["image"] == (3 + 2 + 1) * 18 + 2
@@ -116,6 +116,22 @@ def test_micro_batches_give_the_same_gradient(hybridize):
         scale = np.linalg.norm(whole[name])
         assert scale > 0, name
         assert np.linalg.norm(micro[name] - whole[name]) <= 1e-4 * scale, name
+
+
+def test_sample_spread_is_zero_only_for_a_model_that_ignores_its_inputs():
+    import core
+    import train_gqn
+    from gqn.loader import Batch
+    config = core.ModelConfig(image_size=16, steps=2, latent=4, hidden=8, r_channels=8, kernel=3)
+    model = core.GQN(config)
+    model.initialize(mx.init.Xavier())
+    rng = np.random.default_rng(0)
+    batch = Batch(*(mx.nd.array(a) for a in (rng.uniform(size=(6, 2, 3, 16, 16)), rng.normal(size=(6, 2, 7)),
+                                             np.ones((6, 2)), rng.normal(size=(6, 7)), rng.uniform(size=(6, 3, 16, 16)))))
+    assert train_gqn.validate(model, [batch], 1.0, seed=0)[0]["sample_spread"] > 1e-3
+    for param in model.collect_params().values():  # every weight 0: sigmoid(0) = 0.5 wherever, whatever the scene
+        param.set_data(mx.nd.zeros(param.shape))
+    assert train_gqn.validate(model, [batch], 1.0, seed=0)[0]["sample_spread"] < 1e-6
 
 
 def test_loader_workers_across_epochs(data_dir, tmp_path):
