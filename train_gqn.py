@@ -66,6 +66,8 @@ class TrainConfig:
     lr_initial: float = arg(5e-4, "Adam learning rate at step 0")
     lr_final: float = arg(5e-5, "learning rate after --lr-steps")
     lr_steps: int = arg(1600000, "steps over which the learning rate anneals linearly")
+    lr_warmup_steps: int = arg(0, "first steps, in which the learning rate rises linearly from 0 to --lr-initial "
+                                  "(its decay then starts); 0 = none, as in the paper")
     max_steps: int = arg(2000000, "length of training in steps")
     minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes; 0 = no limit")
     val_scenes: int = arg(72, "held-out scenes scored at each validation")
@@ -117,6 +119,9 @@ def parse_args(argv=None):
     for name in ("sigma_initial", "sigma_final", "lr_initial", "lr_final", "batch_size", "steps", "max_steps"):
         if values[name] <= 0:
             parser.error("--%s %s: must be positive" % (name.replace("_", "-"), values[name]))
+    if not 0 <= values["lr_warmup_steps"] < values["lr_steps"]:
+        parser.error("--lr-warmup-steps %d: valid 0..%d (fewer than --lr-steps)"
+                     % (values["lr_warmup_steps"], values["lr_steps"] - 1))
     return args, TrainConfig(**values)
 
 
@@ -365,7 +370,7 @@ def train(run, step, stop):
     """The loop, in a fixed order: schedule -> forward/backward -> step -> log -> validate -> checkpoint."""
     config, model, trainer, log = run["config"], run["model"], run["trainer"], run["log"]
     sigma_at = linear_anneal(config.sigma_initial, config.sigma_final, config.sigma_steps)
-    lr_at = linear_anneal(config.lr_initial, config.lr_final, config.lr_steps)
+    lr_at = linear_anneal(config.lr_initial, config.lr_final, config.lr_steps, config.lr_warmup_steps)
     deadline = time.time() + 60 * config.minutes if config.minutes > 0 else float("inf")
     batches = training_batches(run["root"], config, run["k"], step, run["rank"])
     bar = tqdm(total=config.max_steps, initial=step, unit="step", disable=run["rank"] != 0, dynamic_ncols=True)

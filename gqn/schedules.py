@@ -3,11 +3,18 @@ as pure functions of the step built on MXNet's PolyScheduler (linear decay, powe
 from mxnet.lr_scheduler import PolyScheduler
 
 
-def linear_anneal(initial, final, steps):
-    """step -> value, linear from `initial` at step 0 to `final` at `steps`, constant after."""
+def linear_anneal(initial, final, steps, warmup=0):
+    """step -> value, linear from `initial` at step 0 to `final` at `steps`, constant after.
+
+    With warmup > 0 the value first rises linearly from 0 to `initial` over `warmup` steps, and the decay
+    to `final` then runs from step `warmup` to `steps` (PolyScheduler's warm-up).
+    """
     if steps < 1:
         raise ValueError("annealing steps %r: must be a positive integer" % (steps,))
-    poly = PolyScheduler(max_update=int(steps), base_lr=initial, pwr=1, final_lr=final)
+    if not 0 <= warmup < steps:
+        raise ValueError("warm-up steps %r: must be 0 or more and fewer than the annealing steps %d" % (warmup, steps))
+    poly = PolyScheduler(max_update=int(steps), base_lr=initial, pwr=1, final_lr=final, warmup_steps=int(warmup),
+                         warmup_begin_lr=0.0)
 
     def schedule(step):
         # PolyScheduler keeps its last value past max_update; clamping makes this a pure function of step.

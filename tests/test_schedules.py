@@ -24,3 +24,15 @@ def test_learning_rate_schedule_is_a_pure_function_of_step():
 def test_bad_horizon_is_rejected():
     with pytest.raises(ValueError, match="annealing steps"):
         linear_anneal(1.0, 0.5, 0)
+
+
+def test_learning_rate_warm_up_rises_from_zero_then_decays():
+    lr = linear_anneal(2e-3, 5e-4, 3000, warmup=200)
+    assert lr(0) == 0.0
+    assert lr(100) == pytest.approx(1e-3)
+    assert lr(200) == pytest.approx(2e-3)
+    assert lr(1600) == pytest.approx(1.25e-3)  # halfway through the decay from step 200 to 3000
+    assert lr(3000) == pytest.approx(5e-4) and lr(9000) == pytest.approx(5e-4)
+    assert linear_anneal(2e-3, 5e-4, 3000)(0) == pytest.approx(2e-3)  # no warm-up: as before
+    with pytest.raises(ValueError, match="warm-up steps"):
+        linear_anneal(2e-3, 5e-4, 3000, warmup=3000)

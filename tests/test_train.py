@@ -196,6 +196,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     (["--max-context", 12], "--max-context 12: valid 1..9"),
     (["--resume", "/nonexistent/run"], "no checkpoint there"),
     (["--sigma-final", 0], "--sigma-final 0"),
+    (["--lr-warmup-steps", 5, "--lr-steps", 5], "--lr-warmup-steps 5: valid 0..4"),
     (["--micro-batch", 3], "--micro-batch 3 does not divide the 4 scenes"),
 ])
 def test_bad_flags_and_missing_data_give_clear_errors(data_dir, tmp_path, flags, message):
