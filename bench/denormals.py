@@ -3,7 +3,7 @@
 Example: python bench/denormals.py                       (trains its own 250-step model first, ~1 minute)
          python bench/denormals.py --run runs/demo-X     (any run with a checkpoint)
 Denormals appear as a model trains, not at initialisation: the default model is the cpu-demo preset at pixel
-sigma 2 after 250 steps, where they slowed training about tenfold on this project's CPU. Each mode runs in its
+sigma 2 (no learning-rate warm-up) after 250 steps, where they slowed training about tenfold. Each mode runs in its
 own process (the MXCSR bits must be set before MXNet starts its threads), on the same batch, noise and weights;
 it also counts the denormal values among the parameter gradients of its last step.
 """
@@ -27,8 +27,11 @@ TINY = 1.1754944e-38  # the least normal float32
 
 def train_model(run_dir):
     cmd = [sys.executable, os.path.join(ROOT, "train_gqn.py"), "--preset", "cpu-demo", "--sigma-initial", "2",
-           "--sigma-final", "2", "--max-steps", "250", "--minutes", "0", "--val-every", "100000", "--run-dir", run_dir]
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+           "--sigma-final", "2", "--lr-warmup-steps", "0", "--max-steps", "250", "--minutes", "0",
+           "--val-every", "100000", "--run-dir", run_dir]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit("bench/denormals.py: training the model failed:\n" + done.stderr[-2000:])
 
 
 def time_steps(run_dir, steps):

@@ -6,7 +6,7 @@ one per core; a user's OMP_NUM_THREADS wins.
 
 Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift into the denormal range (below 1.2e-38),
 where each x86 float operation takes ~100 cycles instead of one. On this project's CPU a cpu-demo model
-checkpointed at step 250 trained at 2.4 s/step, 0.22 s/step with denormals flushed (bench/denormals.py).
+checkpointed at step 250 trained at 2.5 s/step, 0.22 s/step with denormals flushed (bench/denormals.py).
 MXNet 1.9.1 has no switch for it (apache/mxnet#20338 added one after 1.9.1), so we set the two MXCSR bits
 ourselves: FTZ (results that would be denormal become 0) and DAZ (denormal inputs read as 0). Threads inherit
 the creating thread's MXCSR, so setting it in the main thread before MXNet starts its engine and OpenMP threads
