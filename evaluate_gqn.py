@@ -17,6 +17,9 @@ Per scene:
                    Euclidean distance between camera positions (x, y, z); ties (within 1e-6) go to the
                    least angle between viewing directions, then to the lower slot
   mse_mean_context baseline: the mean image of the real context views
+  gain_over_nearest_view, gain_over_mean_context
+                   the baseline's MSE minus the prior sample's, per scene: positive where the model is better;
+                   their standard errors are those of paired differences
 Means (and standard errors) over scenes are printed as a table and written as JSON.
 """
 import os
@@ -63,6 +66,8 @@ def scene_metrics(batch, posterior_mean, kl, prior_samples, sigma):
                "mse_posterior": core.mse(np, target, posterior_mean)}
     metrics.update(baseline_mse(batch.context_frames, batch.context_cameras, batch.context_mask, batch.query_camera,
                                 target))
+    for baseline in ("nearest_view", "mean_context"):  # per scene, so their standard errors are paired ones
+        metrics["gain_over_" + baseline] = metrics["mse_" + baseline] - metrics["mse_prior_sample"]
     return metrics
 
 

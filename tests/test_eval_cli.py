@@ -18,7 +18,7 @@ from gqn.predictor import Predictor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, VIEWS, K = 16, 10, 3  # the dry-run preset: 16px frames, 10 views per scene, max_context 3
 METRICS = {"elbo", "nll", "kl", "bits_per_dim", "mse_prior_sample", "mse_prior_mean", "mse_posterior",
-           "mse_nearest_view", "mse_mean_context"}
+           "mse_nearest_view", "mse_mean_context", "gain_over_nearest_view", "gain_over_mean_context"}
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,8 @@ def test_scene_metrics_against_hand_computed_values():
             "mse_prior_mean": 0.0,          # mean of 0 and 1 is the target
             "mse_posterior": 0.0625,        # (0.5 - 0.25)^2
             "mse_nearest_view": 0.16,       # the 0.9 view at distance 1: the masked 0.3 view is nearer but unreal
-            "mse_mean_context": 0.0}        # (0.1 + 0.9) / 2; with the masked view it would be 0.4333
+            "mse_mean_context": 0.0,        # (0.1 + 0.9) / 2; with the masked view it would be 0.4333
+            "gain_over_nearest_view": 0.16 - 0.25, "gain_over_mean_context": 0.0 - 0.25}
     assert set(got) == set(want)
     for name, value in want.items():
         assert got[name].shape == (1,)
