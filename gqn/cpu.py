@@ -4,19 +4,20 @@ OpenMP threads. MXNet runs one OpenMP thread per two cores unless told otherwise
 on a CPU without it that halves convolution speed (a 5x5 conv: 65 -> 112 GFLOP/s on 2 cores). setup() makes it
 one per core; a user's OMP_NUM_THREADS wins.
 
-Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift into the denormal range (below 1.2e-38),
-where each x86 float operation takes ~100 cycles instead of one. On this project's CPU a cpu-demo model
-checkpointed at step 250 trained at 2.5 s/step, 0.22 s/step with denormals flushed (bench/denormals.py).
-MXNet 1.9.1 has no switch for it (apache/mxnet#20338 added one after 1.9.1), so we set the two MXCSR bits
-ourselves: FTZ (results that would be denormal become 0) and DAZ (denormal inputs read as 0). Threads inherit
-the creating thread's MXCSR, so setting it in the main thread before MXNet starts its engine and OpenMP threads
-covers them all. Values that small carry nothing a 32-bit model can use.
+Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift
+into the denormal range (below 1.2e-38), where each x86 float operation takes ~100 cycles instead of one. A
+cpu-demo model checkpointed at step 250 trained at 2.5 s/step, 0.22 s/step with denormals flushed
+(bench/denormals.py). MXNet 1.9.1 has no switch for it (apache/mxnet#20338 added one after 1.9.1), so we set the
+two MXCSR bits ourselves: FTZ (results that would be denormal become 0) and DAZ (denormal inputs read as 0).
+Threads inherit the creating thread's MXCSR, so setting it in the main thread before MXNet starts its engine and
+OpenMP threads covers them all. Values that small carry nothing a 32-bit model can use.
 
 Python cannot reach MXCSR, and glibc has no call for these bits, so the two 4-byte functions below,
 `stmxcsr [rdi]; ret` and `ldmxcsr [rdi]; ret` (System V x86-64: the pointer argument is in rdi), are put in an
 executable page. Elsewhere (other CPUs, or a system that forbids executable pages) nothing changes.
 """
 import ctypes
+import functools
 import mmap
 import os
 import platform
@@ -27,21 +28,17 @@ FTZ = 0x8000  # MXCSR bit 15: flush denormal results to zero
 DAZ = 0x0040  # MXCSR bit 6: read denormal inputs as zero
 _STMXCSR = b"\x0f\xae\x1f\xc3"
 _LDMXCSR = b"\x0f\xae\x17\xc3"
-_functions = {}
 
 
-def _machine_function(code):
-    """A C function void f(uint32_t *) made of x86-64 `code`, kept alive with its page."""
+@functools.lru_cache(maxsize=None)
+def _function(code):
+    """A C function void f(uint32_t *) made of x86-64 `code`; built once, its executable page kept with it."""
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     page.write(code)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
-    function = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_uint32))(address)
-    _functions[code] = (page, function)
+    function = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_uint32))(
+        ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    function.page = page
     return function
-
-
-def _function(code):
-    return _functions[code][1] if code in _functions else _machine_function(code)
 
 
 def setup():

@@ -1,4 +1,4 @@
-"""gqn/cpu.py: denormal floats are flushed to zero on MXNet's engine threads (x86-64 Linux), or left alone on request."""
+"""gqn/cpu.py: denormals are flushed to zero on MXNet's engine threads (x86-64 Linux), or left alone on request."""
 import os
 import subprocess
 import sys
