@@ -270,6 +270,8 @@ def validate(model, batches, sigma, seed):
     metrics["mse_prior_sample"] = metrics.pop("mse")
     metrics["bits_per_dim"] = core.bits_per_dim(metrics["elbo"], 3 * model.config.image_size ** 2)
     metrics["sample_spread"] = float(np.concatenate(samples).std(axis=0).mean())  # ~0: one image for every scene
+    metrics["colour_corr"] = images.colour_correlation(np.concatenate(samples),  # ~0: grey renderings
+                                                       np.concatenate([b.target.asnumpy() for b in batches]))
     for name in baselines[0]:  # what the model must beat: nearest context view, mean context image
         metrics[name] = float(np.concatenate([b[name] for b in baselines]).mean())
     batch, predictions = rows

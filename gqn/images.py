@@ -24,6 +24,19 @@ def prediction_grid(context_frames, context_mask, predictions, targets):
     return tile_rows(to_uint8(tiles))
 
 
+def colour_correlation(predictions, targets):
+    """Pearson correlation of the colour casts (an image's mean RGB minus its mean grey level) of predictions
+    and their targets, (B, 3, H, W) x 2 -> a float in [-1, 1]: ~1 when renderings take the scene's colours,
+    ~0 for grey or scene-independent colours (0 when the predictions have no cast at all)."""
+    def casts(x):
+        rgb = np.asarray(x, dtype=np.float64).mean(axis=(2, 3))                 # (B, 3)
+        cast = (rgb - rgb.mean(axis=1, keepdims=True)).ravel()                 # (B*3,)
+        return cast - cast.mean()
+    p, t = casts(predictions), casts(targets)
+    scale = np.sqrt((p * p).sum() * (t * t).sum())
+    return float((p * t).sum() / scale) if scale > 0 else 0.0
+
+
 def tile_rows(tiles):
     """uint8 (rows, cols, H, W, 3) -> one white-bordered image."""
     rows, cols, height, width, _ = tiles.shape

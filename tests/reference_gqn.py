@@ -7,6 +7,13 @@ import mxnet as mx
 nd = mx.nd
 
 
+def randomize_latent_heads(model, init):
+    """Give the prior/posterior heads random weights (core.GaussianHead starts them at zero, which leaves the
+    inference network without gradient until the first update): gradient tests then cover every path."""
+    for head in (model.prior, model.posterior):
+        head.conv.weight.initialize(init, force_reinit=True)
+
+
 def _conv(x, weight, bias, stride=1):
     k = weight.shape[2]
     pad = (k - 1) // 2 if stride == 1 else 0

@@ -9,6 +9,7 @@ import time
 import mxnet as mx
 import numpy as np
 import pytest
+from reference_gqn import randomize_latent_heads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,8 +62,8 @@ def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     for tag in ("train/elbo", "train/nll", "train/kl", "train/mse", "schedule/lr", "schedule/sigma",
-                "train/samples_per_s", "val/elbo", "val/nll", "val/kl", "val/mse_prior_sample", "val/sample_spread", "val/mse_nearest_view",
-                "val/mse_mean_context"):
+                "train/samples_per_s", "val/elbo", "val/nll", "val/kl", "val/mse_prior_sample", "val/sample_spread", "val/colour_corr",
+                "val/mse_nearest_view", "val/mse_mean_context"):
         assert tag in found["tags"]["scalars"], tag
     assert "val/grid" in found["tags"]["images"] and found["image"] == (3 + 2 + 1) * 18 + 2
     assert len(found["elbo"]) == 4 and all(np.isfinite(found["elbo"]))
@@ -94,6 +95,7 @@ def sgd_update(micro_batch, seed=3, hybridize=True):
     mx.random.seed(seed)
     model = core.GQN(config, prefix="gqn_")  # the same parameter names in both calls
     model.initialize(mx.init.Xavier())
+    randomize_latent_heads(model, mx.init.Xavier())  # so that every parameter gets a gradient in one step
     if hybridize:
         model.hybridize(static_alloc=True, static_shape=True)
     trainer = mx.gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": 1.0})
@@ -132,6 +134,17 @@ def test_sample_spread_is_zero_only_for_a_model_that_ignores_its_inputs():
     for param in model.collect_params().values():  # every weight 0: sigmoid(0) = 0.5 wherever, whatever the scene
         param.set_data(mx.nd.zeros(param.shape))
     assert train_gqn.validate(model, [batch], 1.0, seed=0)[0]["sample_spread"] < 1e-6
+
+
+def test_colour_correlation_tells_coloured_from_grey_renderings():
+    from gqn.images import colour_correlation
+    rng = np.random.default_rng(0)
+    targets = rng.uniform(0.2, 0.8, (256, 3, 1, 1)) + rng.uniform(-0.1, 0.1, (256, 3, 8, 8))  # a colour cast per scene
+    assert colour_correlation(targets, targets) > 0.999
+    assert colour_correlation(0.5 * targets + 0.2, targets) > 0.999  # a duller copy keeps the casts
+    grey = np.repeat(targets.mean(axis=1, keepdims=True), 3, axis=1)  # the right brightness, no colour
+    assert abs(colour_correlation(grey, targets)) < 1e-6
+    assert abs(colour_correlation(targets[::-1], targets)) < 0.2  # the colours of other scenes
 
 
 def test_loader_workers_across_epochs(data_dir, tmp_path):
