@@ -2,8 +2,10 @@
 
 Letters used in shape comments throughout the project:
   B  scenes in a batch               K  context views per scene (padded to a fixed maximum, see below)
-  L  generation steps                C  channels
+  N  images through a block at once (B*K for the representation, B elsewhere)
+  L  generation steps                C  channels (of the ConvLSTM state and the canvas)
   H, W  image height and width       h, w  state height and width (H/4, W/4)
+  R  channels of the scene representation r
   Z  latent channels
 
 Context size. The loader pads every batch to the same K with a `context_mask` (B, K) that is 1 for real
@@ -21,46 +23,22 @@ straightforward formulation (tests/test_core.py checks this):
     running sum of h_g (a read of a write, patch by patch). The composed weights are computed in the graph
     from the original parameters, so gradients reach exactly the parameters of the paper's model.
   * the stride-4 write is a 1x1 convolution followed by depth_to_space, which avoids Conv2DTranspose
-    (it crashes under oneDNN when applied more than once, ARCHITECTURE.md).
+    (it crashes under oneDNN when applied more than once, docs/mxnet-notes.md).
 
-The canvas parameters enter the graph through one identity op each. Without it, with MXNet 1.9.1's static_alloc
-graph, write_bias's gradient was 70% off under grad_req 'add' (right with it). Our reading, not proven: a parameter
-that several non-convolution ops read gets its gradient accumulated in place in its own buffer (cf.
-apache/mxnet#17989). tests/test_train.py checks it.
+The canvas parameters enter the graph through one identity op each: under MXNet 1.9.1's static_alloc graph a
+parameter read by several non-convolution ops gets a wrong gradient with grad_req 'add' otherwise
+(docs/mxnet-notes.md; tests/test_train.py guards it).
 """
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from mxnet.contrib import amp
+from mxnet import nd
 from mxnet.gluon import HybridBlock, nn
 
 CAMERA_DIMS = 7  # x, y, z, sin yaw, cos yaw, sin pitch, cos pitch
 SCALE = 4        # image pixels per state pixel along each axis
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    representation: str = "tower"       # tower | pool | pyramid
-    image_size: int = 64                # H = W of every view
-    steps: int = 12                     # L, DRAW generation steps
-    hidden: int = 128                   # ConvLSTM hidden channels (also the canvas channels)
-    latent: int = 64                    # Z, latent channels per step
-    r_channels: int = 256               # channels of the scene representation r
-    shared_cores: bool = True           # one generator/inference ConvLSTM for all L steps, or one per step
-    canvas_to_inference: bool = True    # inference core also reads the canvas (the authors' advice)
-    kernel: int = 5                     # ConvLSTM and prior/posterior kernel size
-    query_down_channels: int = 48       # channels of the 4x4 stride-4 view of x_q (= 3*4*4, lossless)
-
-    def __post_init__(self):
-        if self.representation not in REPRESENTATIONS:
-            raise ValueError("representation %r: choose one of %s" % (self.representation, sorted(REPRESENTATIONS)))
-        if self.image_size % SCALE:
-            raise ValueError("image_size %d: must be a multiple of %d" % (self.image_size, SCALE))
-
-    def to_dict(self):
-        return asdict(self)
 
 
 def _conv(in_channels, channels, kernel, stride=1, use_bias=True):
@@ -69,17 +47,15 @@ def _conv(in_channels, channels, kernel, stride=1, use_bias=True):
                      use_bias=use_bias, in_channels=in_channels)
 
 
-def _concat(F, *parts):
+def _concat(F, *parts, mixed=False):
     """Concat of (N, C_i, H, W) maps along channels -> (N, sum C_i, H, W).
 
-    MXNet 1.9.1's oneDNN concat backward leaks host memory on every call (a memory object per input that it
-    never frees: ~2 KB per concat, +34 MB over 1,000 steps of bench/leak_check.py), and oneDNN takes only 2-D
-    and 4-D arrays: the parts are concatenated as (N, C_i, H, W, 1), where MXNet's own concat runs. Under AMP
-    (gqn/amp.py) parts may mix bf16/fp16 and fp32, which Concat rejects (ARCHITECTURE.md): they are cast to one
-    type first.
+    The parts are concatenated as (N, C_i, H, W, 1), where MXNet's own concat runs: oneDNN's 4-D concat backward
+    leaks host memory on every call (bench/leak_check.py). Under mixed precision (`mixed`, gqn/amp.py) parts may
+    mix bf16/fp16 and fp32, which Concat rejects: they are cast to one type first (docs/mxnet-notes.md).
     """
     parts = [F.expand_dims(p, axis=4) for p in parts]                     # (N, C_i, H, W, 1)
-    if len(parts) > 1 and amp.amp._amp_initialized:  # AMP is process-wide; graphs are built after it is turned on
+    if mixed and len(parts) > 1:
         parts = F.amp_multicast(*parts, num_outputs=len(parts), cast_narrow=True)
     return F.reshape(F.concat(*parts, dim=1), shape=(0, 0, 0, -3))         # (N, sum C_i, H, W, 1) -> 4-D
 
@@ -90,11 +66,15 @@ def _camera_map(F, camera, size):
 
 
 class Tower(HybridBlock):
-    """The paper's Tower representation: (N, 3, H, W), (N, 7) -> (N, R, h, w)."""
+    """The paper's Tower representation: (N, 3, H, W), (N, 7) -> (N, R, h, w).
 
-    def __init__(self, r_channels, image_size, **kwargs):
+    Every representation takes (r_channels, image_size, mixed): `mixed` casts concatenated inputs to one type
+    under mixed precision (_concat).
+    """
+
+    def __init__(self, r_channels, image_size, mixed=False, **kwargs):
         super().__init__(**kwargs)
-        self._size = image_size // SCALE
+        self._size, self._mixed = image_size // SCALE, mixed
         half = r_channels // 2
         with self.name_scope():
             self.conv1 = _conv(3, r_channels, 2, stride=2)
@@ -110,7 +90,7 @@ class Tower(HybridBlock):
         x = F.relu(self.conv1(x))                               # (N, R, H/2, W/2)
         skip = F.relu(self.skip1(x))                            # (N, R, h, w)
         x = F.relu(self.conv3(F.relu(self.conv2(x)))) + skip    # (N, R, h, w)
-        x = _concat(F, x, _camera_map(F, camera, self._size))      # (N, R+7, h, w)
+        x = _concat(F, x, _camera_map(F, camera, self._size), mixed=self._mixed)  # (N, R+7, h, w)
         skip = F.relu(self.skip2(x))
         x = F.relu(self.conv5(F.relu(self.conv4(x)))) + skip    # (N, R, h, w)
         return F.relu(self.conv6(x))
@@ -119,10 +99,10 @@ class Tower(HybridBlock):
 class Pool(HybridBlock):
     """The paper's Pool representation: the Tower averaged over space, (N, 3, H, W), (N, 7) -> (N, R, 1, 1)."""
 
-    def __init__(self, r_channels, image_size, **kwargs):
+    def __init__(self, r_channels, image_size, mixed=False, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
-            self.tower = Tower(r_channels, image_size)
+            self.tower = Tower(r_channels, image_size, mixed)
 
     def hybrid_forward(self, F, x, camera):
         return F.mean(self.tower(x, camera), axis=(2, 3), keepdims=True)  # (N, R, 1, 1)
@@ -131,9 +111,9 @@ class Pool(HybridBlock):
 class Pyramid(HybridBlock):
     """The paper's Pyramid representation: camera stacked on the image, four strided convs -> (N, R, 1, 1)."""
 
-    def __init__(self, r_channels, image_size, **kwargs):
+    def __init__(self, r_channels, image_size, mixed=False, **kwargs):
         super().__init__(**kwargs)
-        self._size = image_size
+        self._size, self._mixed = image_size, mixed
         last = image_size // 8  # what three stride-2 convs leave, collapsed by the last conv
         with self.name_scope():
             self.convs = nn.HybridSequential()
@@ -145,7 +125,7 @@ class Pyramid(HybridBlock):
                 in_channels = channels
 
     def hybrid_forward(self, F, x, camera):
-        x = _concat(F, x, _camera_map(F, camera, self._size))      # (N, 3+7, H, W)
+        x = _concat(F, x, _camera_map(F, camera, self._size), mixed=self._mixed)  # (N, 3+7, H, W)
         return self.convs(x)                                        # (N, R, 1, 1)
 
 
@@ -172,11 +152,9 @@ class GaussianHead(HybridBlock):
     """A 5x5 conv giving a diagonal Gaussian (mu, sigma) over the Z latent maps.
 
     Its weights start at zero (whatever initializer the model gets), so prior and posterior start equal,
-    N(0, softplus(0)^2) everywhere, and the KL starts at exactly 0. With random heads the KL of the first
-    steps (~45 nats at step 25 of the CPU preset) outweighed what the NLL could gain, and Adam's fastest way
-    to cut it was to shut the generator's LSTM input and output gates (mean pre-activation -9 by step 100,
-    90% of units saturated) so that no noise reached the prior: a generator that rendered grey, colourless
-    layouts for the rest of the run (README, "What the demo shows").
+    N(0, softplus(0)^2) everywhere, and the KL starts at exactly 0: with random heads, the KL of the first
+    steps makes Adam shut the generator's LSTM gates, which then renders grey layouts for the rest of the run
+    (tests/test_core.py checks the start).
     """
 
     def __init__(self, hidden, latent, kernel, **kwargs):
@@ -218,6 +196,46 @@ def bits_per_dim(nats, dims):
     return nats / (dims * math.log(2.0)) + 8.0
 
 
+def elbo_terms(F, target, mean, kl, sigma):
+    """The negative ELBO and its terms per scene, each (B,): target, mean (B, 3, H, W), kl (B,), pixel sigma ->
+    {'nll', 'kl', 'elbo' = nll + kl (the training loss, nats), 'mse' of mean, 'bits_per_dim' of elbo}.
+
+    F is mx.nd or numpy (evaluation scores in float64): the one place every tool takes these numbers from.
+    """
+    nll = gaussian_nll(F, target, mean, sigma)
+    elbo = nll + kl
+    dims = target.shape[1] * target.shape[2] * target.shape[3]
+    return {"nll": nll, "kl": kl, "elbo": elbo, "mse": mse(F, target, mean), "bits_per_dim": bits_per_dim(elbo, dims)}
+
+
+def option(default, help, choices=None):
+    """A config field with its command-line help: train_gqn.py makes one flag of each."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    representation: str = option("tower", "scene representation network", tuple(sorted(REPRESENTATIONS)))
+    image_size: int = option(64, "H = W of every view (taken from the data when training)")
+    steps: int = option(12, "L, DRAW generation steps")
+    hidden: int = option(128, "C, hidden channels of the ConvLSTM cores (also the canvas channels)")
+    latent: int = option(64, "Z, latent channels per step")
+    r_channels: int = option(256, "R, channels of the scene representation r")
+    shared_cores: bool = option(True, "one generator/inference ConvLSTM for all L steps, or one per step")
+    canvas_to_inference: bool = option(True, "the inference core also reads the canvas (the authors' advice)")
+    kernel: int = option(5, "ConvLSTM and prior/posterior kernel size")
+    query_down_channels: int = option(48, "channels of the 4x4 stride-4 view of x_q (48 = 3*4*4, lossless)")
+
+    def __post_init__(self):
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError("representation %r: choose one of %s" % (self.representation, sorted(REPRESENTATIONS)))
+        if self.image_size % SCALE:
+            raise ValueError("image_size %d: must be a multiple of %d" % (self.image_size, SCALE))
+
+    def to_dict(self):
+        return asdict(self)
+
+
 class GQN(HybridBlock):
     """Representation network plus DRAW generator/inference cores.
 
@@ -227,16 +245,17 @@ class GQN(HybridBlock):
     With `sample_prior=True` the same network samples z from the prior and takes no target:
         (..., query_camera, noise) -> mean (B, 3, H, W). `generator()` returns that twin, sharing parameters.
     Noise is an input (standard normal) so that a seed, a test or an exported model fixes it exactly.
+    `mixed_precision` builds the graph for mx.contrib.amp (gqn/amp.py), which must be on before the first call.
     """
 
-    def __init__(self, config=ModelConfig(), sample_prior=False, **kwargs):
+    def __init__(self, config=ModelConfig(), sample_prior=False, mixed_precision=False, **kwargs):
         super().__init__(**kwargs)
-        self.config, self._sample_prior = config, sample_prior
+        self.config, self._sample_prior, self._mixed = config, sample_prior, mixed_precision
         c, cores = config, 1 if config.shared_cores else config.steps
         self._size = c.image_size // SCALE
         gates = 4 * c.hidden
         with self.name_scope():
-            self.representation = REPRESENTATIONS[c.representation](c.r_channels, c.image_size)
+            self.representation = REPRESENTATIONS[c.representation](c.r_channels, c.image_size, mixed_precision)
             self.gen_const = _conv(CAMERA_DIMS + c.r_channels, cores * gates, c.kernel, use_bias=False)
             self.inf_const = _conv(c.query_down_channels + CAMERA_DIMS + c.r_channels, cores * gates, c.kernel,
                                    use_bias=False)
@@ -262,9 +281,26 @@ class GQN(HybridBlock):
     def generator(self):
         """The prior-sampling twin of this model (same parameters), built once."""
         if "_prior_twin" not in self.__dict__:  # kept out of Gluon's child registry: it shares, not owns
-            twin = GQN(self.config, sample_prior=True, prefix=self.prefix, params=self.collect_params())
+            twin = GQN(self.config, sample_prior=True, mixed_precision=self._mixed, prefix=self.prefix,
+                       params=self.collect_params())
             object.__setattr__(self, "_prior_twin", twin)
         return self._prior_twin
+
+    @classmethod
+    def from_config(cls, values, **kwargs):
+        """A model from a ModelConfig's dict (as a checkpoint's state.json stores it)."""
+        return cls(ModelConfig(**values), **kwargs)
+
+    def noise_shape(self, batch_size):
+        """(B, L, Z, h, w): the standard-normal noise one forward pass takes."""
+        size = self.config.image_size // SCALE
+        return (batch_size, self.config.steps, self.config.latent, size, size)
+
+    def elbo(self, batch, noise, sigma):
+        """Posterior pass of a Batch (context_frames, context_cameras, context_mask, query_camera, target) of
+        NDArrays -> (elbo_terms per scene, the reconstruction (B, 3, H, W))."""
+        mean, kl = self(*batch[:4], noise, batch.target)
+        return elbo_terms(nd, batch.target, mean, kl, sigma), mean
 
     def __call__(self, *args):
         if not self._sample_prior:
@@ -278,11 +314,11 @@ class GQN(HybridBlock):
         canvas = {name: F.identity(value) for name, value in canvas.items()}  # see the module docstring
         r = self._represent(F, context_frames, context_cameras, context_mask)   # (B, R, h, w)
         query_map = _camera_map(F, query_camera, self._size)                    # (B, 7, h, w)
-        const_g = self.gen_const(_concat(F, query_map, r))                      # (B, cores*4C, h, w)
+        const_g = self.gen_const(_concat(F, query_map, r, mixed=self._mixed))   # (B, cores*4C, h, w)
         const_e = None
         if not self._sample_prior:
             x_down = self.query_down(target[0])                                 # (B, 48, h, w)
-            const_e = self._per_step(F, self.inf_const(_concat(F, x_down, query_map, r)))
+            const_e = self._per_step(F, self.inf_const(_concat(F, x_down, query_map, r, mixed=self._mixed)))
         eps = F.split(noise, num_outputs=self.config.steps, axis=1, squeeze_axis=True) \
             if self.config.steps > 1 else [F.reshape(noise, shape=(0, -3, -2))]  # L x (B, Z, h, w)
         canvas_sum, kls = self._draw(F, self._per_step(F, const_g), const_e, eps, canvas)
@@ -297,9 +333,7 @@ class GQN(HybridBlock):
         r = F.reshape_like(r, context_mask, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (B, K, R, h', w')
         mask = F.reshape(context_mask, shape=(0, 0, 1, 1, 1))       # (B, K) -> (B, K, 1, 1, 1)
         r = F.sum(F.broadcast_mul(r, mask), axis=1)                 # (B, R, h', w')
-        if self.config.representation != "tower":
-            r = F.broadcast_to(r, shape=(0, 0, self._size, self._size))  # (B, R, 1, 1) -> (B, R, h, w)
-        return r
+        return F.broadcast_to(r, shape=(0, 0, self._size, self._size))  # (B, R, h' or 1, ...) -> (B, R, h, w)
 
     def _per_step(self, F, const):
         """Constant gate input for each of the L steps: one tensor reused, or one slice per unshared core."""
@@ -309,7 +343,7 @@ class GQN(HybridBlock):
 
     def _draw(self, F, const_g, const_e, eps, canvas):
         """The L DRAW steps -> (sum_l h_g^l (B, C, h, w), per-step KL list of (B,))."""
-        c, shared = self.config, self.config.shared_cores
+        c, shared, mixed = self.config, self.config.shared_cores, self._mixed
         zeros = F.zeros_like(F.slice_axis(const_g[0], axis=1, begin=0, end=c.hidden))  # (B, C, h, w)
         h_g = c_g = h_e = c_e = zeros
         canvas_sum, kls = None, []
@@ -319,12 +353,12 @@ class GQN(HybridBlock):
                 inputs = [h_g, h_e]
                 if c.canvas_to_inference:
                     inputs.append(self._read_canvas(F, zeros if canvas_sum is None else canvas_sum, step, canvas))
-                h_e, c_e = self.inf_cores[0 if shared else step](const_e[step], _concat(F, *inputs), c_e)
+                h_e, c_e = self.inf_cores[0 if shared else step](const_e[step], _concat(F, *inputs, mixed=mixed), c_e)
                 mu_q, sigma_q = self.posterior(h_e)
                 kls.append(gaussian_kl(F, mu_q, sigma_q, mu, sigma))
                 mu, sigma = mu_q, sigma_q
             z = mu + sigma * eps[step]                              # (B, Z, h, w)
-            h_g, c_g = self.gen_cores[0 if shared else step](const_g[step], _concat(F, z, h_g), c_g)
+            h_g, c_g = self.gen_cores[0 if shared else step](const_g[step], _concat(F, z, h_g, mixed=mixed), c_g)
             canvas_sum = h_g if canvas_sum is None else canvas_sum + h_g
         return canvas_sum, kls
 

@@ -29,7 +29,6 @@ from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flush
 cpu.setup()
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -40,11 +39,11 @@ import numpy as np
 from tqdm import tqdm
 
 import core
-import train_gqn
-from gqn import checkpoint, scene_format
+from gqn import scene_format
 from gqn.baselines import baseline_mse
 from gqn.datasets import SPLITS
 from gqn.loader import Batch, make_loader
+from gqn.runs import load_model, run_dataset_root
 
 METRICS = [("elbo", "-ELBO"), ("nll", "NLL"), ("kl", "KL"), ("bits_per_dim", "bits/dim"),
            ("mse_prior_sample", "MSE sample"), ("mse_prior_mean", "MSE mean-S"), ("mse_posterior", "MSE post"),
@@ -57,13 +56,12 @@ def scene_metrics(batch, posterior_mean, kl, prior_samples, sigma):
     posterior_mean (B, 3, H, W), kl (B,), prior_samples (B, S, 3, H, W), sigma the pixel standard deviation.
     """
     target = np.asarray(batch.target, dtype=np.float64)
-    nll = core.gaussian_nll(np, target, np.asarray(posterior_mean, dtype=np.float64), sigma)
-    kl = np.asarray(kl, dtype=np.float64)
+    metrics = core.elbo_terms(np, target, np.asarray(posterior_mean, dtype=np.float64),
+                              np.asarray(kl, dtype=np.float64), sigma)
+    metrics["mse_posterior"] = metrics.pop("mse")
     samples = np.asarray(prior_samples, dtype=np.float64)
-    metrics = {"elbo": nll + kl, "nll": nll, "kl": kl, "bits_per_dim": core.bits_per_dim(nll + kl, target[0].size),
-               "mse_prior_sample": core.mse(np, target, samples[:, 0]),
-               "mse_prior_mean": core.mse(np, target, samples.mean(axis=1)),
-               "mse_posterior": core.mse(np, target, posterior_mean)}
+    metrics["mse_prior_sample"] = core.mse(np, target, samples[:, 0])
+    metrics["mse_prior_mean"] = core.mse(np, target, samples.mean(axis=1))
     metrics.update(baseline_mse(batch.context_frames, batch.context_cameras, batch.context_mask, batch.query_camera,
                                 target))
     for baseline in ("nearest_view", "mean_context"):  # per scene, so their standard errors are paired ones
@@ -79,25 +77,6 @@ def summarise(per_scene):
         means[name] = float(values.mean())
         sems[name] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
     return means, sems
-
-
-def load_model(path, ctx):
-    """(GQN with the checkpoint's parameters, hybridized with its prior twin; the checkpoint's state dict)."""
-    directory = checkpoint.resolve_checkpoint(path)
-    state = checkpoint.load_state(directory)
-    model = core.GQN(core.ModelConfig(**state["model"]))
-    # cast_dtype: a shipped checkpoint may store float16 parameters to halve its size; the model runs in float32
-    model.load_parameters(os.path.join(directory, checkpoint.PARAMS), ctx=ctx, cast_dtype=True)
-    model.hybridize(static_alloc=True, static_shape=True)
-    model.generator().hybridize(static_alloc=True, static_shape=True)
-    return model, dict(state, directory=directory)
-
-
-def dataset_root(state, dataset=None, data_dir=None):
-    """Where the run's dataset lives (train_gqn.py's naming), or DATA_DIR/DATASET as overridden."""
-    config = train_gqn.TrainConfig(**state["config"])
-    overrides = {name: value for name, value in (("dataset", dataset), ("data_dir", data_dir)) if value}
-    return train_gqn.dataset_root(dataclasses.replace(config, **overrides))
 
 
 def noise_draws(seed, scenes, shape):
@@ -174,7 +153,7 @@ def parse_args(argv=None):
 
 def resolve_settings(args, state):
     """Fill the defaults that come from the checkpoint and the data; -> the dataset root. SystemExit on bad input."""
-    root = dataset_root(state, args.dataset, args.data_dir)
+    root = run_dataset_root(state, args.dataset, args.data_dir)
     try:
         manifest = scene_format.read_manifest(os.path.join(root, args.split))
     except (FileNotFoundError, ValueError) as error:
@@ -201,7 +180,7 @@ def main(argv=None):
     args = parse_args(argv)
     ctx = mx.gpu(args.gpu) if args.gpu is not None else mx.cpu()
     try:
-        model, state = load_model(args.checkpoint, ctx)
+        model, state = load_model(args.checkpoint, ctx, core.GQN.from_config)
     except FileNotFoundError as error:
         raise SystemExit("evaluate_gqn.py: %s" % error)
     root = resolve_settings(args, state)

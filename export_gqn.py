@@ -18,17 +18,17 @@ import json
 import mxnet as mx
 
 import core
-from evaluate_gqn import load_model
 from gqn.predictor import INPUTS, SPEC
+from gqn.runs import load_model
 
 PREFIX = "gqn-renderer"
 
 
-def example_inputs(config, max_context):
+def example_inputs(model, max_context):
     """Zero inputs of batch 1 and K = max_context that run the renderer once, as export needs."""
-    size, state = config.image_size, config.image_size // core.SCALE
+    size = model.config.image_size
     shapes = [(1, max_context, 3, size, size), (1, max_context, core.CAMERA_DIMS), (1, max_context),
-              (1, core.CAMERA_DIMS), (1, config.steps, config.latent, state, state)]
+              (1, core.CAMERA_DIMS), model.noise_shape(1)]
     return [mx.nd.zeros(shape) for shape in shapes]
 
 
@@ -36,7 +36,7 @@ def export(model, state, out):
     """Export model.generator() into directory `out`; -> the spec dict written beside it."""
     config = model.config
     renderer = model.generator()
-    renderer(*example_inputs(config, state["max_context"]))
+    renderer(*example_inputs(model, state["max_context"]))
     os.makedirs(out, exist_ok=True)
     renderer.export(os.path.join(out, PREFIX), epoch=0)
     names = ["data%d" % i for i in range(len(INPUTS))]  # HybridBlock.export's names for several inputs
@@ -44,14 +44,14 @@ def export(model, state, out):
     missing = [name for name in names if name not in graph_inputs]
     if missing:
         raise RuntimeError("the exported graph lacks inputs %s; it has %s" % (missing, graph_inputs))
-    size, state_size = config.image_size, config.image_size // core.SCALE
+    size, noise_shape = config.image_size, list(model.noise_shape(1)[1:])  # (L, Z, h, w)
     spec = {"symbol": PREFIX + "-symbol.json", "params": PREFIX + "-0000.params",
             "inputs": dict(zip(INPUTS, names)),
             "shapes": {"context_frames": ["B", "K", 3, size, size], "context_cameras": ["B", "K", core.CAMERA_DIMS],
                        "context_mask": ["B", "K"], "query_camera": ["B", core.CAMERA_DIMS],
-                       "noise": ["B", config.steps, config.latent, state_size, state_size],
+                       "noise": ["B"] + noise_shape,
                        "output": ["B", 3, size, size]},
-            "noise_shape": [config.steps, config.latent, state_size, state_size],
+            "noise_shape": noise_shape,
             "cameras": "x, y, z, sin yaw, cos yaw, sin pitch, cos pitch",
             "model": config.to_dict(), "step": state["step"], "dataset": state["config"]["dataset"],
             "max_context": state["max_context"]}
@@ -67,7 +67,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="directory to write the exported renderer into")
     args = parser.parse_args(argv)
     try:
-        model, state = load_model(args.checkpoint, mx.cpu())
+        model, state = load_model(args.checkpoint, mx.cpu(), core.GQN.from_config)
     except FileNotFoundError as error:
         raise SystemExit("export_gqn.py: %s" % error)
     spec = export(model, state, args.out)

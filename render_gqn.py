@@ -23,10 +23,10 @@ import mxnet as mx
 import numpy as np
 
 import core
-from evaluate_gqn import dataset_root, load_model
 from gqn import images, scene_format
 from gqn.datasets import SPLITS, SYNTHETIC_FAMILIES
 from gqn.loader import SceneDataset, decode_frames, transform_cameras
+from gqn.runs import load_model, run_dataset_root
 from gqn.synthetic import render_scene
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +54,7 @@ def ring_cameras(cameras, views, start):
 
 def load_scene(state, args):
     """(frames uint8 (S, H, W, 3), raw cameras (S, 5), where from) of scene --scene of the chosen split."""
-    root = dataset_root(state, args.dataset, args.data_dir)
+    root = run_dataset_root(state, args.dataset, args.data_dir)
     split_dir = os.path.join(root, args.split)
     family = args.dataset or state["config"]["dataset"]
     if not os.path.exists(os.path.join(split_dir, scene_format.MANIFEST)):
@@ -122,7 +122,7 @@ def main(argv=None):
     args = parse_args(argv)
     ctx = mx.gpu(args.gpu) if args.gpu is not None else mx.cpu()
     try:
-        model, state = load_model(checkpoint_path(args), ctx)
+        model, state = load_model(checkpoint_path(args), ctx, core.GQN.from_config)
     except FileNotFoundError as error:
         raise SystemExit("render_gqn.py: %s" % error)
     frames, cameras, source = load_scene(state, args)
@@ -132,8 +132,7 @@ def main(argv=None):
     if not 1 <= args.context <= len(frames) - 1:
         raise SystemExit("render_gqn.py: --context %d: valid 1..%d (%d views per scene)"
                          % (args.context, len(frames) - 1, len(frames)))
-    c, size = model.config, model.config.image_size // core.SCALE
-    noise = np.random.default_rng(args.seed).standard_normal((c.steps, c.latent, size, size), dtype=np.float32)
+    noise = np.random.default_rng(args.seed).standard_normal(model.noise_shape(1)[1:], dtype=np.float32)  # (L, Z, h, w)
     views = frames.transpose(0, 3, 1, 2).astype(np.float32) / 255                   # (S, 3, H, W)
     context, held_out = slice(0, args.context), slice(args.context, None)
     ring = ring_cameras(cameras, args.views, float(np.arctan2(cameras[0, 1], cameras[0, 0])))

@@ -16,31 +16,30 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon
+from mxnet import gluon
 from tqdm import tqdm
 
 import core
-from gqn import amp, checkpoint, images
-from gqn.baselines import baseline_mse
-from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, get_dataset
-from gqn.loader import make_loader
+from gqn import amp, checkpoint, training
+from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, dataset_root
 from gqn.plots import plot_curves
+from gqn.runs import RunLog, new_run_dir
 from gqn.schedules import linear_anneal
 from gqn.synthetic import ensure_synthetic
-
-
-def arg(default, help, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 def _flag_bool(text):
     if text.lower() not in ("0", "1", "true", "false", "yes", "no"):
         raise argparse.ArgumentTypeError("%r is not a boolean; use 1/0, true/false or yes/no" % text)
     return text.lower() in ("1", "true", "yes")
+
+
+arg = core.option  # a field with its flag's help; the model's flags come from core.ModelConfig the same way
+MODEL_FLAGS = [f for f in dataclasses.fields(core.ModelConfig) if f.name != "image_size"]  # size: from the data
 
 
 @dataclass(frozen=True)
@@ -50,14 +49,6 @@ class TrainConfig:
     data_dir: str = arg("datasets", "root holding converted datasets as DATA_DIR/NAME/{train,test}")
     max_context: int = arg(0, "most context views per scene; 0 = views per scene - 1 (the paper)")
     batch_size: int = arg(36, "scenes per step, over all devices (paper: 36)")
-    steps: int = arg(12, "L, generation steps")
-    latent: int = arg(64, "latent maps per step")
-    hidden: int = arg(128, "recurrent (hidden) maps of the ConvLSTM cores")
-    r_channels: int = arg(256, "channels of the scene representation")
-    representation: str = arg("tower", "scene representation network", sorted(core.REPRESENTATIONS))
-    shared_cores: bool = arg(True, "share the ConvLSTM cores across the L steps")
-    canvas_to_inference: bool = arg(True, "the inference core reads the canvas (authors' advice)")
-    kernel: int = arg(5, "ConvLSTM and prior/posterior kernel size")
     amp: bool = arg(False, "mixed precision (gqn/amp.py): bf16 on CPU (needs a CPU with bf16 kernels: AVX-512), "
                            "fp16 with dynamic loss scaling on GPU")
     sigma_initial: float = arg(2.0, "pixel standard deviation at step 0")
@@ -81,7 +72,7 @@ class TrainConfig:
                        ["device", "local", "dist_sync", "dist_device_sync", "dist_async"])
     micro_batch: int = arg(0, "scenes per forward/backward pass on each device: passes add their gradients, so "
                               "a step is unchanged and needs only one pass's memory; 0 = the device's whole share")
-    workers: int = arg(2, "DataLoader worker threads")
+    workers: int = arg(2, "data-decoding threads")
     seed: int = arg(0, "seed of data order, context draws, noise and initialisation")
     synthetic_scenes: int = arg(2000, "training scenes rendered for a synthetic family (test: 1/10)")
     image_size: int = arg(64, "frame size rendered for a synthetic family (converted data: from its manifest)")
@@ -100,6 +91,7 @@ PRESETS = {
 
 
 def parse_args(argv=None):
+    """-> (args, TrainConfig, {model flag: value}); the model's flags are core.ModelConfig's fields."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="defaults for a purpose (flags still win): "
@@ -107,7 +99,7 @@ def parse_args(argv=None):
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="same as --preset dry-run: seconds, tiny data")
     parser.add_argument("--run-dir", help="exact run directory (default: LOG_DIR/DATASET-TIME[-SUFFIX])")
-    for f in dataclasses.fields(TrainConfig):
+    for f in list(dataclasses.fields(TrainConfig)) + MODEL_FLAGS:
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(flag, type=_flag_bool if f.type is bool else f.type, default=f.default,
                             choices=f.metadata["choices"], help="%s (default: %s)" % (f.metadata["help"], f.default))
@@ -117,33 +109,21 @@ def parse_args(argv=None):
         parser.set_defaults(**PRESETS[preset])
         args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    for name in ("sigma_initial", "sigma_final", "lr_initial", "lr_final", "batch_size", "steps", "max_steps"):
+    model = {f.name: getattr(args, f.name) for f in MODEL_FLAGS}
+    for name in ("sigma_initial", "sigma_final", "lr_initial", "lr_final", "batch_size", "max_steps"):
         if values[name] <= 0:
             parser.error("--%s %s: must be positive" % (name.replace("_", "-"), values[name]))
+    if model["steps"] <= 0:
+        parser.error("--steps %s: must be positive" % model["steps"])
     if not 0 <= values["lr_warmup_steps"] < values["lr_steps"]:
         parser.error("--lr-warmup-steps %d: valid 0..%d (fewer than --lr-steps)"
                      % (values["lr_warmup_steps"], values["lr_steps"] - 1))
-    return args, TrainConfig(**values)
-
-
-def model_config(config, image_size):
-    return core.ModelConfig(representation=config.representation, image_size=image_size, steps=config.steps,
-                            hidden=config.hidden, latent=config.latent, r_channels=config.r_channels,
-                            shared_cores=config.shared_cores, canvas_to_inference=config.canvas_to_inference,
-                            kernel=config.kernel)
-
-
-def dataset_root(config):
-    """DATA_DIR/NAME for converted data; synthetic sets are named by what was rendered, so presets don't collide."""
-    if config.dataset in SYNTHETIC_FAMILIES:
-        name = "%s-%dpx-%d" % (config.dataset, config.image_size, config.synthetic_scenes)
-        return os.path.join(config.data_dir, name)
-    return os.path.join(config.data_dir, config.dataset)
+    return args, TrainConfig(**values), model
 
 
 def prepare_data(config):
     """-> (root, train manifest) of the dataset; a synthetic family is rendered on first use."""
-    root = dataset_root(config)
+    root = dataset_root(config.data_dir, config.dataset, config.image_size, config.synthetic_scenes)
     if config.dataset in SYNTHETIC_FAMILIES:
         test_scenes = max(config.synthetic_scenes // 10, config.val_scenes)
         try:
@@ -169,163 +149,19 @@ def max_context(config, manifest):
     return k
 
 
-def training_batches(root, config, k, start_step, rank):
-    """Endless training batches from step `start_step` on, the same ones an uninterrupted run would see."""
-    per_epoch = len(make_loader(root, "train", config.batch_size, k, seed=config.seed + rank))
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        loader = make_loader(root, "train", config.batch_size, k, num_workers=config.workers,
-                             seed=config.seed + rank, epoch=epoch, skip_batches=skip)
-        for batch in loader:
-            yield batch
-        epoch, skip = epoch + 1, 0
-
-
-def validation_batches(root, config, k, per_device, ctx):
-    """The fixed held-out batches scored at every validation (same scenes, views and context sizes)."""
-    loader = make_loader(root, "test", per_device, k, shuffle=False, seed=12345, last_batch="keep")
-    batches = []
-    for batch in loader:
-        batches.append(batch.as_in_context(ctx))
-        if len(batches) * per_device >= config.val_scenes:
-            break
-    return batches
-
-
-def noise_for(model_cfg, batch_size, ctx):
-    size = model_cfg.image_size // core.SCALE
-    return mx.nd.random.normal(shape=(batch_size, model_cfg.steps, model_cfg.latent, size, size), ctx=ctx)
-
-
-def split_batch(batch, ctxs):
-    """A Batch -> one Batch per device (the batch size must divide evenly)."""
-    fields = [gluon.utils.split_and_load(a, ctxs, even_split=True) for a in batch]
-    return [type(batch)(*parts) for parts in zip(*fields)]
-
-
-def train_step(model, trainer, batch, ctxs, sigma, batch_size, micro_batch=0):
-    """Forward, backward and one Adam step -> per-sample (nll, kl, mse) NDArrays (no host sync).
-
-    With micro_batch, each device's share runs in passes of micro_batch scenes whose gradients add up
-    (grad_req 'add', set by accumulate_gradients) to those of one pass: the same update, with the activation
-    memory of one pass. The noise is drawn for the whole share first, so it does not depend on micro_batch.
-    """
-    parts = split_batch(batch, ctxs)
-    noises = [noise_for(model.config, part.target.shape[0], part.target.context) for part in parts]
-    per_device = parts[0].target.shape[0]
-    size = micro_batch or per_device
-    terms = []
-    for begin in range(0, per_device, size):
-        chunks = [(type(part)(*(a[begin:begin + size] for a in part)), noise[begin:begin + size])
-                  for part, noise in zip(parts, noises)]
-        outputs, losses = [], []
-        with autograd.record():
-            for chunk, noise in chunks:
-                mean, kl = model(*chunk[:4], noise, chunk.target)
-                nll = core.gaussian_nll(mx.nd, chunk.target, mean, sigma)
-                outputs.append((nll, kl, mean, chunk.target))
-                losses.append(nll + kl)
-        amp.backward(losses, trainer)  # autograd.backward, through the fp16 loss scaler if any
-        terms += [(nll, kl, core.mse(mx.nd, target, mean)) for nll, kl, mean, target in outputs]
-    trainer.step(batch_size)
-    if size < per_device:
-        model.collect_params().zero_grad()
-    return terms
-
-
-def check_micro_batch(per_device, micro_batch):
-    if micro_batch and per_device % micro_batch:
-        raise SystemExit("train_gqn.py: --micro-batch %d does not divide the %d scenes each device gets per step; "
-                         "choose a divisor of %d" % (micro_batch, per_device, per_device))
-
-
-def accumulate_gradients(model, per_device, micro_batch):
-    """grad_req 'add' when a device's share runs in several passes (train_step); they must divide it evenly."""
-    check_micro_batch(per_device, micro_batch)
-    if micro_batch and micro_batch < per_device:
-        model.collect_params().setattr("grad_req", "add")
-
-
-def mean_terms(terms):
-    """Per-device per-sample (nll, kl, mse) -> {'nll', 'kl', 'mse', 'elbo'} floats (a host sync)."""
-    nll, kl, err = (float(np.concatenate([t[i].asnumpy() for t in terms]).mean()) for i in range(3))
-    return {"elbo": nll + kl, "nll": nll, "kl": kl, "mse": err}
-
-
-def validate(model, batches, sigma, seed):
-    """Posterior ELBO terms, the MSE of a prior sample and of the two baselines on the fixed held-out batches; grid."""
-    renderer = model.generator()
-    mx.random.seed(seed)  # the same noise at every validation, so curves compare like with like
-    terms, rows, baselines, samples = [], None, [], []
-    for batch in batches:
-        baselines.append(baseline_mse(*(a.asnumpy() for a in batch)))
-        noise = noise_for(model.config, batch.target.shape[0], batch.target.context)
-        recon, kl = model(*batch[:4], noise, batch.target)
-        sample = renderer(*batch[:4], noise)
-        samples.append(sample.asnumpy())
-        terms.append((core.gaussian_nll(mx.nd, batch.target, recon, sigma), kl, core.mse(mx.nd, batch.target, sample)))
-        if rows is None:
-            rows = (batch, mx.nd.stack(sample, recon, axis=1))  # (B, 2, 3, H, W): prior sample, reconstruction
-    metrics = mean_terms(terms)
-    metrics["mse_prior_sample"] = metrics.pop("mse")
-    metrics["bits_per_dim"] = core.bits_per_dim(metrics["elbo"], 3 * model.config.image_size ** 2)
-    metrics["sample_spread"] = float(np.concatenate(samples).std(axis=0).mean())  # ~0: one image for every scene
-    metrics["colour_corr"] = images.colour_correlation(np.concatenate(samples),  # ~0: grey renderings
-                                                       np.concatenate([b.target.asnumpy() for b in batches]))
-    for name in baselines[0]:  # what the model must beat: nearest context view, mean context image
-        metrics[name] = float(np.concatenate([b[name] for b in baselines]).mean())
-    batch, predictions = rows
-    n = min(8, batch.target.shape[0])
-    grid = images.prediction_grid(batch.context_frames[:n].asnumpy(), batch.context_mask[:n].asnumpy(),
-                                  predictions[:n].asnumpy(), batch.target[:n].asnumpy())
-    return metrics, grid
-
-
-class RunLog:
-    """Where a run's numbers go: mxboard (TensorBoard), metrics.jsonl and PNG grids; only rank 0 writes."""
-
-    def __init__(self, run_dir, enabled):
-        self.run_dir, self.enabled = run_dir, enabled
-        self.writer = None
-        if enabled:
-            from mxboard import SummaryWriter
-            self.writer = SummaryWriter(logdir=run_dir, flush_secs=10)
-
-    def scalars(self, prefix, values, step):
-        if not self.enabled:
-            return
-        for name, value in values.items():
-            self.writer.add_scalar("%s/%s" % (prefix, name), value, global_step=step)
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(dict(values, step=step, kind=prefix)) + "\n")
-
-    def grid(self, grid, step):
-        if not self.enabled:
-            return
-        images.save_png(grid, os.path.join(self.run_dir, "val-grid-%07d.png" % step))
-        images.save_png(grid, os.path.join(self.run_dir, "val-grid-latest.png"))
-        self.writer.add_image("val/grid", grid.transpose(2, 0, 1), global_step=step)
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
-
-
-def new_run_dir(config):
-    name = "%s-%s%s" % (config.dataset, time.strftime("%Y%m%d-%H%M%S"), "-" + config.run_suffix if config.run_suffix else "")
-    return os.path.join(config.log_dir, name)
-
-
 def resume_config(args, config, argv):
-    """The saved config of --resume RUN_DIR, with --max-steps / --minutes taken from the command line if given."""
+    """(checkpoint folder, saved TrainConfig with --max-steps / --minutes / --micro-batch from the command line if
+    given, saved model dict) of --resume RUN_DIR."""
     found = checkpoint.find_checkpoint(os.path.join(args.resume, "checkpoint"))
     if found is None:
         raise SystemExit("train_gqn.py: --resume %s: no checkpoint there (expected %s/checkpoint/state.json)"
                          % (args.resume, args.resume))
-    saved = TrainConfig(**checkpoint.load_state(found)["config"])
+    state = checkpoint.load_state(found)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = TrainConfig(**{name: value for name, value in state["config"].items() if name in known})
     given = {name: getattr(config, name) for name in ("max_steps", "minutes", "micro_batch")
              if "--" + name.replace("_", "-") in (argv if argv is not None else sys.argv[1:])}
-    return found, dataclasses.replace(saved, **given)
+    return found, dataclasses.replace(saved, **given), state["model"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -337,11 +173,6 @@ def check_finite(values, step, run_dir, last_good):
         raise NonFiniteLoss("loss is not finite at step %d (%s); stopping. The last good checkpoint (step %s) is kept "
                             "in %s/checkpoint; resume from it with a lower --lr-initial or a larger --sigma-final"
                             % (step, ", ".join("%s=%g" % kv for kv in values.items()), last_good, run_dir))
-
-
-def noise_seed(seed, rank, step):
-    """Each step's noise has its own seed, so a resumed run draws what an uninterrupted one would."""
-    return (seed * 1000003 + rank * 100003 + step) % (2 ** 31)
 
 
 class Stop:
@@ -359,66 +190,76 @@ class Stop:
         return self.signal is not None
 
 
+@dataclass
+class Run:
+    """What the loop works with: the config, model and trainer, data, devices and the run's log."""
+    config: TrainConfig
+    model: core.GQN
+    trainer: gluon.Trainer
+    ctxs: list
+    root: str                 # the dataset's DATA_DIR/NAME
+    k: int                    # most context views per scene
+    rank: int                 # this worker's rank (0 without dist_*)
+    dir: str
+    val: list                 # the fixed validation batches
+    log: RunLog
+    last_good: int = None     # step of the last checkpoint saved
+
+
 def save(run, step, terms):
     """Checkpoint after checking the loss it would keep is finite; rank 0 only."""
-    check_finite(mean_terms(terms), step, run["dir"], run["last_good"])
-    if run["rank"] == 0:
-        state = {"step": step, "config": dataclasses.asdict(run["config"]), "model": run["model"].config.to_dict(),
-                 "max_context": run["k"], "time": time.time()}
-        checkpoint.save_checkpoint(os.path.join(run["dir"], "checkpoint"), run["model"], run["trainer"], state)
-    run["last_good"] = step
+    check_finite(training.mean_terms(terms), step, run.dir, run.last_good)
+    if run.rank == 0:
+        state = {"step": step, "config": dataclasses.asdict(run.config), "model": run.model.config.to_dict(),
+                 "max_context": run.k, "time": time.time()}
+        checkpoint.save_checkpoint(os.path.join(run.dir, "checkpoint"), run.model, run.trainer, state)
+    run.last_good = step
 
 
 def train(run, step, stop):
     """The loop, in a fixed order: schedule -> forward/backward -> step -> log -> validate -> checkpoint."""
-    config, model, trainer, log = run["config"], run["model"], run["trainer"], run["log"]
+    config, log = run.config, run.log
     sigma_at = linear_anneal(config.sigma_initial, config.sigma_final, config.sigma_steps)
     lr_at = linear_anneal(config.lr_initial, config.lr_final, config.lr_steps, config.lr_warmup_steps)
     deadline = time.time() + 60 * config.minutes if config.minutes > 0 else float("inf")
-    batches = training_batches(run["root"], config, run["k"], step, run["rank"])
-    bar = tqdm(total=config.max_steps, initial=step, unit="step", disable=run["rank"] != 0, dynamic_ncols=True)
+    batches = training.training_batches(run.root, config.batch_size, run.k, config.seed + run.rank, config.workers,
+                                        step)
+    bar = tqdm(total=config.max_steps, initial=step, unit="step", disable=run.rank != 0, dynamic_ncols=True)
     tick, tick_step, terms = time.time(), step, None
     while step < config.max_steps and not stop and time.time() < deadline:
         sigma, lr = sigma_at(step), lr_at(step)
-        trainer.set_learning_rate(lr)
-        mx.random.seed(noise_seed(config.seed, run["rank"], step))
-        terms = train_step(model, trainer, next(batches), run["ctxs"], sigma, config.batch_size, config.micro_batch)
+        run.trainer.set_learning_rate(lr)
+        mx.random.seed(training.noise_seed(config.seed, run.rank, step))
+        terms = training.train_step(run.model, run.trainer, next(batches), run.ctxs, sigma, config.batch_size,
+                                    config.micro_batch)
         step += 1
         bar.update(1)
         if step % config.log_every == 0:
-            values = mean_terms(terms)
-            check_finite(values, step, run["dir"], run["last_good"])
+            values = training.mean_terms(terms)
+            check_finite(values, step, run.dir, run.last_good)
             speed = (step - tick_step) * config.batch_size / (time.time() - tick)
             tick, tick_step = time.time(), step
             log.scalars("train", dict(values, samples_per_s=speed), step)
             log.scalars("schedule", {"lr": lr, "sigma": sigma}, step)
             bar.set_postfix(elbo="%.1f" % values["elbo"], kl="%.1f" % values["kl"], mse="%.4f" % values["mse"],
                             samples_s="%.1f" % speed)
-        if step % config.val_every == 0 and run["rank"] == 0:
+        if step % config.val_every == 0 and run.rank == 0:
             run_validation(run, step, sigma)
         if step % config.checkpoint_every == 0:
             save(run, step, terms)
     bar.close()
-    if terms is not None and run["last_good"] != step:
+    if terms is not None and run.last_good != step:
         save(run, step, terms)
-        if run["rank"] == 0:
+        if run.rank == 0:
             run_validation(run, step, sigma_at(step))
     return step
 
 
 def run_validation(run, step, sigma):
-    metrics, grid = validate(run["model"], run["val"], sigma, seed=run["config"].seed + 777)
-    run["log"].scalars("val", metrics, step)
-    run["log"].grid(grid, step)
+    metrics, grid = training.validate(run.model, run.val, sigma, seed=run.config.seed + 777)
+    run.log.scalars("val", metrics, step)
+    run.log.grid(grid, step)
     tqdm.write("step %d  validation: %s" % (step, "  ".join("%s %.4g" % kv for kv in metrics.items())))
-
-
-def make_kvstore(config):
-    """-> (kvstore or its name, rank, number of workers)."""
-    if config.kvstore.startswith("dist"):
-        kv = mx.kv.create(config.kvstore)
-        return kv, kv.rank, kv.num_workers
-    return config.kvstore, 0, 1
 
 
 def devices(config):
@@ -429,10 +270,10 @@ def devices(config):
     return ctxs
 
 
-def build(config, manifest, ctxs, kv):
+def build(config, model_config, ctxs, kv):
     """Model (hybridized, with its prior twin) and Adam trainer of the paper."""
     mx.random.seed(config.seed)
-    model = core.GQN(model_config(config, manifest["frame_size"]))
+    model = core.GQN(model_config, mixed_precision=amp.enabled())
     model.initialize(mx.init.Xavier(), ctx=ctxs)
     model.hybridize(static_alloc=True, static_shape=True)
     model.generator().hybridize(static_alloc=True, static_shape=True)
@@ -442,42 +283,28 @@ def build(config, manifest, ctxs, kv):
                             update_on_kvstore=False if distributed else None)
     amp.init_trainer(trainer)  # fp16 only: MXNet's dynamic loss scaler
     if distributed:
-        start_kvstore(trainer, kv)
-    accumulate_gradients(model, config.batch_size // len(ctxs), config.micro_batch)
+        training.start_kvstore(trainer, kv)
+    training.accumulate_gradients(model, config.batch_size // len(ctxs), config.micro_batch)
     return model, trainer
 
 
-def start_kvstore(trainer, kv):
-    """Give every dist_* worker the server's initial parameters now, before any gradient is pushed.
-
-    MXNet 1.9.1's Trainer does this inside its first step(): it pulls each parameter's initial value from the
-    server, then pushes gradients under the same keys, and nothing orders that pull before the other workers'
-    gradient pushes. When it came late the server already held the summed gradients, and the worker trained
-    on from gradient values in place of weights (write_weight, key 0, in about 1 run in 3 on 127.0.0.1).
-    """
-    trainer._init_kvstore()   # private in MXNet 1.9.1 (pinned): step() would call both on first use
-    trainer._init_params()
-    mx.nd.waitall()
-    kv._barrier()
-
-
 def main(argv=None):
-    args, config = parse_args(argv)
+    args, config, model_values = parse_args(argv)
     found = None
     if args.resume:
-        found, config = resume_config(args, config, argv)
-    run_dir = args.resume or args.run_dir or new_run_dir(config)
+        found, config, model_values = resume_config(args, config, argv)
+    run_dir = args.resume or args.run_dir or new_run_dir(config.log_dir, config.dataset, config.run_suffix)
     if not args.resume and checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint")):
         raise SystemExit("train_gqn.py: --run-dir %s already holds a run; continue it with --resume %s, or choose "
                          "another directory" % (run_dir, run_dir))
-    kv, rank, num_workers = make_kvstore(config)
+    kv, rank, num_workers = training.make_kvstore(config.kvstore)
     ctxs = devices(config)
-    check_micro_batch(config.batch_size // len(ctxs), config.micro_batch)
-    if config.amp:  # process-wide, before any model is built or any backward pass runs
-        try:
+    try:
+        training.check_micro_batch(config.batch_size // len(ctxs), config.micro_batch)
+        if config.amp:  # process-wide, before any model is built or any backward pass runs
             amp.init(ctxs[0])
-        except amp.AmpUnsupported as error:
-            raise SystemExit("train_gqn.py: %s" % error)
+    except (ValueError, amp.AmpUnsupported) as error:
+        raise SystemExit("train_gqn.py: %s" % error)
     if rank == 0:  # one writer of a synthetic dataset; the other workers read it after the barrier
         root, manifest = prepare_data(config)
     if num_workers > 1:
@@ -485,25 +312,27 @@ def main(argv=None):
     if rank != 0:
         root, manifest = prepare_data(config)
     k = max_context(config, manifest)
-    model, trainer = build(config, manifest, ctxs, kv)
+    model_config = core.ModelConfig(**dict(model_values, image_size=manifest["frame_size"]))
+    model, trainer = build(config, model_config, ctxs, kv)
     step = checkpoint.load_checkpoint(found, model, trainer, ctxs)["step"] if found else 0
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(config), f, indent=1)
-        print("run %s (%s step %d)\n%s" % (run_dir, "resumed at" if found else "new, from", step,
-                                           json.dumps(dataclasses.asdict(config))), flush=True)
-    run = {"config": config, "model": model, "trainer": trainer, "ctxs": ctxs, "root": root, "k": k,
-           "rank": rank, "dir": run_dir, "last_good": step if found else None,
-           "val": validation_batches(root, config, k, config.micro_batch or config.batch_size // len(ctxs), ctxs[0]),
-           "log": RunLog(run_dir, rank == 0)}
+            json.dump({"config": dataclasses.asdict(config), "model": model_config.to_dict()}, f, indent=1)
+        print("run %s (%s step %d)\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
+                                               json.dumps(dataclasses.asdict(config)),
+                                               json.dumps(model_config.to_dict())), flush=True)
+    per_device = config.micro_batch or config.batch_size // len(ctxs)
+    run = Run(config, model, trainer, ctxs, root, k, rank, run_dir, last_good=step if found else None,
+              val=training.validation_batches(root, config.val_scenes, k, per_device, ctxs[0]),
+              log=RunLog(run_dir, rank == 0))
     stop = Stop()
     try:
         step = train(run, step, stop)
     except NonFiniteLoss as error:
         raise SystemExit("train_gqn.py: %s" % error)
     finally:
-        run["log"].close()
+        run.log.close()
     if num_workers > 1:
         model.save_parameters(os.path.join(run_dir, "rank%d.params" % rank))
     if rank == 0:

@@ -29,8 +29,7 @@ def run_one(args):
     import mxnet as mx
     from mxnet import gluon
     import core
-    import train_gqn
-    from gqn import amp
+    from gqn import amp, training
     from gqn.loader import Batch
     import flops
     B, K, precision = args.batch[0], args.context, args.precision[0]
@@ -44,7 +43,7 @@ def run_one(args):
             return
     config = core.ModelConfig(shared_cores=not args.unshared, canvas_to_inference=args.canvas_read)
     mx.random.seed(0)
-    model = core.GQN(config)
+    model = core.GQN(config, mixed_precision=amp.enabled())
     model.initialize(mx.init.Xavier())
     conv = flops.conv_flops(model, config, args.micro_batch or B, K)
     model.hybridize(static_alloc=not args.dynamic_alloc, static_shape=not args.dynamic_alloc)
@@ -53,11 +52,11 @@ def run_one(args):
     nd = mx.nd
     batch = Batch(nd.random.uniform(shape=(B, K, 3, 64, 64)), nd.random.normal(shape=(B, K, 7)), nd.ones((B, K)),
                   nd.random.normal(shape=(B, 7)), nd.random.uniform(shape=(B, 3, 64, 64)))
-    train_gqn.accumulate_gradients(model, B, args.micro_batch)
+    training.accumulate_gradients(model, B, args.micro_batch)
     times = []
     for i in range(args.warmup + args.repeats):
         start = time.perf_counter()
-        terms = train_gqn.train_step(model, trainer, batch, [mx.cpu()], 2.0, B, args.micro_batch)  # the real step
+        terms = training.train_step(model, trainer, batch, [mx.cpu()], 2.0, B, args.micro_batch)  # the real step
         nd.waitall()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)

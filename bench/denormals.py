@@ -38,24 +38,26 @@ def time_steps(run_dir, steps):
     """In this process: the run's model and Adam state, `steps` training steps on one batch -> a result dict."""
     import mxnet as mx
     import numpy as np
+    from mxnet import gluon
 
-    import train_gqn
-    from gqn import checkpoint
+    import core
+    from gqn import checkpoint, training
+    from gqn.runs import load_model, run_dataset_root
+    from gqn.schedules import linear_anneal
 
-    found = checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint"))
-    state = checkpoint.load_state(found)
-    config = train_gqn.TrainConfig(**state["config"])
-    root, manifest = train_gqn.prepare_data(config)
     ctxs = [mx.cpu()]
-    model, trainer = train_gqn.build(config, manifest, ctxs, "device")
-    checkpoint.load_checkpoint(found, model, trainer, ctxs)
-    batch = next(train_gqn.training_batches(root, config, state["max_context"], state["step"], 0))
-    sigma = train_gqn.linear_anneal(config.sigma_initial, config.sigma_final, config.sigma_steps)(state["step"])
+    model, state = load_model(run_dir, ctxs[0], core.GQN.from_config)
+    config = state["config"]
+    trainer = gluon.Trainer(model.collect_params(), "adam")
+    trainer.load_states(os.path.join(state["directory"], checkpoint.TRAINER))  # Adam and its moments, as saved
+    batch = next(training.training_batches(run_dataset_root(state), config["batch_size"], state["max_context"],
+                                           config["seed"], 0, state["step"]))
+    sigma = linear_anneal(config["sigma_initial"], config["sigma_final"], config["sigma_steps"])(state["step"])
     times = []
     for _ in range(steps + 2):  # two warm-up steps
         mx.random.seed(0)
         start = time.time()
-        train_gqn.train_step(model, trainer, batch, ctxs, sigma, config.batch_size)
+        training.train_step(model, trainer, batch, ctxs, sigma, config["batch_size"])
         mx.nd.waitall()
         times.append(time.time() - start)
     grads = [p.grad().asnumpy() for p in model.collect_params().values() if p.grad_req != "null"]

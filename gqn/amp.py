@@ -10,7 +10,7 @@
 
 mx.contrib.amp casts the inputs of convolutions to the low-precision type and keeps the other operators in
 fp32; parameters and their gradients stay fp32, so checkpoints are unchanged. Two traps of MXNet 1.9.1 are
-handled (ARCHITECTURE.md): the in-place gradient sum that goes wrong for tensors with many consumers is raised
+handled (docs/mxnet-notes.md): the in-place gradient sum that goes wrong for tensors with many consumers is raised
 out of reach (MXNET_EXEC_INPLACE_GRAD_SUM_CAP), and models concatenate through `amp_multicast` (core.py).
 """
 import os

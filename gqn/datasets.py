@@ -1,4 +1,5 @@
 """The table of scene datasets: DeepMind's seven gqn-datasets and our synthetic families."""
+import os
 from collections import namedtuple
 
 DatasetInfo = namedtuple(
@@ -45,3 +46,11 @@ def file_stem(index, count):
     """DeepMind's file stem for file `index` (from 1) of `count`: both padded to len(str(count))."""
     width = len(str(count))
     return "%0*d-of-%0*d" % (width, index, width, count)
+
+
+def dataset_root(data_dir, dataset, image_size, synthetic_scenes):
+    """DATA_DIR/NAME of converted data; a synthetic family is named by what was rendered (NAME-SIZEpx-SCENES), so
+    datasets of different sizes don't collide."""
+    if dataset in SYNTHETIC_FAMILIES:
+        return os.path.join(data_dir, "%s-%dpx-%d" % (dataset, image_size, synthetic_scenes))
+    return os.path.join(data_dir, dataset)

@@ -27,7 +27,7 @@ config = core.ModelConfig(**SMALL)
 GRAPH = PRELUDE + """
 amp.init(mx.cpu(), check=False)  # graph building and type inference need no bf16 kernels
 names = ["context_frames", "context_cameras", "context_mask", "query_camera", "noise", "target"]
-mean, kl = make_model(config)(*[mx.sym.var(n) for n in names])
+mean, kl = make_model(config, mixed_precision=True)(*[mx.sym.var(n) for n in names])
 graph = mx.sym.Group([mean, kl]).get_internals()
 _, types, _ = graph.infer_type(**{n: "float32" for n in names})
 types = {name: np.dtype(t).str if np.dtype(t).names is None else np.dtype(t).names[0]
@@ -49,7 +49,7 @@ if reason is not None:
         print(json.dumps({"supported": False, "reason": reason, "error": str(error), "enabled": amp.enabled()}))
     sys.exit()
 amp.init(mx.cpu())
-bf16 = make_model(config)
+bf16 = make_model(config, mixed_precision=True)
 same = lambda name: name[len(bf16.prefix):]  # the two models differ only in their prefix (gqn0_, gqn1_)
 weights32 = {same(n): p.data() for n, p in fp32.collect_params().items()}
 for name, p in bf16.collect_params().items():
@@ -74,7 +74,7 @@ def run(script):
 
 
 def test_amp_graph_casts_convolutions_and_concats_type_check():
-    types = run(GRAPH)  # infer_type raises on a Concat of mixed bf16/fp32 inputs (ARCHITECTURE.md's trap)
+    types = run(GRAPH)  # infer_type raises on a Concat of mixed bf16/fp32 inputs (docs/mxnet-notes.md)
     convs = [t for name, t in types.items() if re.search(r"conv\d+_fwd_output$|_convolution\d+_output$", name)]
     assert len(convs) == 8 + 7 + 3 + 1 and set(convs) == {"bfloat16"}, convs  # tower, cores, L reads, write
     assert any("amp_multicast" in name for name in types)  # concats go through a cast to one type
@@ -92,7 +92,7 @@ def test_bf16_gradients_match_fp32_or_amp_refuses_clearly():
         return
     # Measured on a CPU with avx512_bf16 (Intel Xeon, 2 cores): 0.3% over all parameters; per tensor 6% at most,
     # for the Tower's first convolutions, whose gradients pass through the longest chain of bf16 ops. The bugs this
-    # guards against (ARCHITECTURE.md: static_alloc gradient sums) give errors of 95% and more.
+    # guards against (docs/mxnet-notes.md: static_alloc gradient sums) give errors of 95% and more.
     assert result["overall"] < 0.02, result
     worst = max(result["errors"], key=result["errors"].get)
     assert result["errors"][worst] < 0.10, "%s: bf16 gradient differs from fp32 by %.2e (relative L2)" % (

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import core
 import evaluate_gqn
 import export_gqn
 import render_gqn
 from gqn.loader import make_loader
 from gqn.predictor import Predictor
+from gqn.runs import load_model, run_dataset_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, VIEWS, K = 16, 10, 3  # the dry-run preset: 16px frames, 10 views per scene, max_context 3
@@ -56,7 +58,7 @@ def test_evaluation_json_has_every_k_and_metric_and_repeats_for_a_seed(run, tmp_
 
 
 def test_every_k_scores_the_same_targets_with_nested_contexts(run):
-    root = evaluate_gqn.dataset_root(json.loads((run / "checkpoint" / "state.json").read_text()))
+    root = run_dataset_root(json.loads((run / "checkpoint" / "state.json").read_text()))
     batches = {k: next(iter(make_loader(root, "test", 4, K, shuffle=False, seed=0, fixed_k=k))) for k in (1, 3)}
     np.testing.assert_array_equal(batches[1].target.asnumpy(), batches[3].target.asnumpy())
     first_view = [batches[k].context_frames[:, 0].asnumpy() for k in (1, 3)]
@@ -95,8 +97,8 @@ def test_a_checkpoint_with_float16_parameters_loads_as_float32(run, tmp_path):
     params = mx.nd.load(str(run / "checkpoint" / "model.params"))
     mx.nd.save(str(tmp_path / "model.params"), {name: p.astype("float16") for name, p in params.items()})
     (tmp_path / "state.json").write_text((run / "checkpoint" / "state.json").read_text())
-    half, _ = evaluate_gqn.load_model(str(tmp_path), mx.cpu())
-    full, _ = evaluate_gqn.load_model(str(run), mx.cpu())
+    half, _ = load_model(str(tmp_path), mx.cpu(), core.GQN.from_config)
+    full, _ = load_model(str(run), mx.cpu(), core.GQN.from_config)
     for (name, a), b in zip(half.collect_params().items(), full.collect_params().values()):
         assert a.data().dtype == np.float32, name
         np.testing.assert_allclose(a.data().asnumpy(), b.data().asnumpy(), rtol=1e-3, atol=1e-4, err_msg=name)
@@ -151,7 +153,7 @@ def test_render_errors_name_the_bad_value(run, tmp_path, flags, message):
 def test_exported_renderer_matches_the_model(run, tmp_path):
     export_gqn.main([str(run), "--out", str(tmp_path)])
     predictor = Predictor(str(tmp_path))
-    model, _ = evaluate_gqn.load_model(str(run), mx.cpu())
+    model, _ = load_model(str(run), mx.cpu(), core.GQN.from_config)
     rng = np.random.default_rng(0)
     batch, slots = 3, 5  # neither the export's batch of 1 nor its K of 3
     inputs = [rng.uniform(size=(batch, slots, 3, SIZE, SIZE)), rng.normal(size=(batch, slots, 7)),

@@ -41,7 +41,7 @@ def test_dry_run_writes_checkpoint_logs_and_grid(data_dir, tmp_path):
     done = train("--data-dir", data_dir, "--run-dir", run)
     assert done.returncode == 0, done.stderr[-2000:]
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert state["step"] == 4 and state["config"]["steps"] == 2 and state["model"]["image_size"] == 16
+    assert state["step"] == 4 and state["model"]["steps"] == 2 and state["model"]["image_size"] == 16
     assert (run / "checkpoint" / "model.params").stat().st_size > 0
     assert (run / "checkpoint" / "trainer.states").stat().st_size > 0
     from PIL import Image
@@ -87,9 +87,9 @@ def test_resume_continues_the_same_run(data_dir, tmp_path):
 
 
 def sgd_update(micro_batch, seed=3, hybridize=True):
-    """Parameters minus their values after one plain SGD step (lr 1) of train_gqn.train_step: the mean gradient."""
+    """Parameters minus their values after one plain SGD step (lr 1) of gqn.training.train_step: the mean gradient."""
     import core
-    import train_gqn
+    from gqn import training
     from gqn.loader import Batch
     config = core.ModelConfig(image_size=16, steps=2, latent=4, hidden=8, r_channels=8, kernel=3)
     mx.random.seed(seed)
@@ -99,14 +99,14 @@ def sgd_update(micro_batch, seed=3, hybridize=True):
     if hybridize:
         model.hybridize(static_alloc=True, static_shape=True)
     trainer = mx.gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": 1.0})
-    train_gqn.accumulate_gradients(model, 4, micro_batch)
+    training.accumulate_gradients(model, 4, micro_batch)
     rng = np.random.default_rng(seed)
     batch = Batch(*(mx.nd.array(a) for a in (rng.uniform(size=(4, 3, 3, 16, 16)), rng.normal(size=(4, 3, 7)),
                                              [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], rng.normal(size=(4, 7)),
                                              rng.uniform(size=(4, 3, 16, 16)))))
     before = {k: v.data().asnumpy() for k, v in model.collect_params().items()}
     mx.random.seed(seed)  # the same noise
-    train_gqn.train_step(model, trainer, batch, [mx.cpu()], 0.5, 4, micro_batch)
+    training.train_step(model, trainer, batch, [mx.cpu()], 0.5, 4, micro_batch)
     return {k: before[k] - v.data().asnumpy() for k, v in model.collect_params().items()}
 
 
@@ -122,7 +122,7 @@ def test_micro_batches_give_the_same_gradient(hybridize):
 
 def test_sample_spread_is_zero_only_for_a_model_that_ignores_its_inputs():
     import core
-    import train_gqn
+    from gqn import training
     from gqn.loader import Batch
     config = core.ModelConfig(image_size=16, steps=2, latent=4, hidden=8, r_channels=8, kernel=3)
     model = core.GQN(config)
@@ -130,10 +130,10 @@ def test_sample_spread_is_zero_only_for_a_model_that_ignores_its_inputs():
     rng = np.random.default_rng(0)
     batch = Batch(*(mx.nd.array(a) for a in (rng.uniform(size=(6, 2, 3, 16, 16)), rng.normal(size=(6, 2, 7)),
                                              np.ones((6, 2)), rng.normal(size=(6, 7)), rng.uniform(size=(6, 3, 16, 16)))))
-    assert train_gqn.validate(model, [batch], 1.0, seed=0)[0]["sample_spread"] > 1e-3
+    assert training.validate(model, [batch], 1.0, seed=0)[0]["sample_spread"] > 1e-3
     for param in model.collect_params().values():  # every weight 0: sigmoid(0) = 0.5 wherever, whatever the scene
         param.set_data(mx.nd.zeros(param.shape))
-    assert train_gqn.validate(model, [batch], 1.0, seed=0)[0]["sample_spread"] < 1e-6
+    assert training.validate(model, [batch], 1.0, seed=0)[0]["sample_spread"] < 1e-6
 
 
 def test_colour_correlation_tells_coloured_from_grey_renderings():
@@ -244,7 +244,7 @@ def differing(ranks):
 
 
 def test_dist_sync_workers_end_with_identical_parameters(data_dir, tmp_path):
-    # Without train_gqn.start_kvstore, MXNet's Trainer pulled the initial weights inside the first step, unordered
+    # Without gqn.training.start_kvstore, MXNet's Trainer pulled the initial weights inside the first step, unordered
     # with the gradient pushes: in about 1 run in 3 a worker started from summed gradients (write_weight, key 0).
     ranks = run_dist_sync(data_dir, tmp_path / "run")
     assert ranks[0].keys() == ranks[1].keys()
