@@ -170,10 +170,11 @@ def intersect_group(origins, directions, group):
 
 
 def trace(origins, directions, scene):
-    """(t (N,), normals (N, 3), albedo (N, 3)) of the first surface each ray meets."""
+    """(t (N,), normals (N, 3), albedo (N, 3), on_object (N,) bool) of the first surface each ray meets."""
     t = np.full(len(origins), FAR)
     normals = np.zeros((len(origins), 3), np.float32)
     albedo = np.broadcast_to(np.asarray(scene.background, np.float32), normals.shape).copy()
+    on_object = np.zeros(len(origins), bool)
     groups = [(g, intersect_group, g.colors) for g in scene.objects]
     if scene.room is not None:
         groups.append((scene.room, intersect_room, scene.room.face_colors))
@@ -181,9 +182,10 @@ def trace(origins, directions, scene):
         t_group, index, n_group = intersect(origins, directions, group)
         closer = t_group < t
         t[closer], normals[closer], albedo[closer] = t_group[closer], n_group[closer], colors[index[closer]]
+        on_object[closer] = group is not scene.room
         if group is scene.room:
             _checker_floor(albedo, origins + t[:, None] * directions, closer & (index == 4))
-    return t, normals, albedo
+    return t, normals, albedo, on_object
 
 
 def _checker_floor(albedo, points, on_floor):
@@ -206,18 +208,34 @@ def _lit(points, normals, position, objects):
 
 
 def shade(origins, directions, scene):
-    """Colours (N, 3) in [0, 1]: albedo times (ambient + Lambert light of each light, with shadows)."""
-    t, normals, albedo = trace(origins, directions, scene)
+    """(colours (N, 3) in [0, 1], on_object (N,) bool): albedo times (ambient + Lambert light of each light,
+    with shadows), and which rays first meet an object (not the room or the background)."""
+    t, normals, albedo, on_object = trace(origins, directions, scene)
     hit = np.flatnonzero(t < FAR)
     points = origins[hit] + t[hit, None] * directions[hit] + 10 * _EPS * normals[hit]
     light = np.full(len(hit), scene.ambient, np.float32)
     for position, strength in zip(scene.lights, scene.strengths):
         light += strength * _lit(points, normals[hit], position, scene.objects)
     albedo[hit] *= light[:, None]
-    return np.clip(albedo, 0, 1)
+    return np.clip(albedo, 0, 1), on_object
+
+
+def render_with_masks(scene, cameras, size, fov_degrees):
+    """(images (V, size, size, 3) uint8 RGB, object masks (V, size, size) bool) of the scene from each camera (V, 5).
+
+    A mask is True where the view shows an object; shadows that objects cast on the room are not part of it.
+    """
+    colors, on_object = shade(*camera_rays(cameras, size, fov_degrees), scene)
+    images = np.round(colors * 255).astype(np.uint8).reshape(len(cameras), size, size, 3)
+    return images, on_object.reshape(len(cameras), size, size)
 
 
 def render(scene, cameras, size, fov_degrees):
     """Images (V, size, size, 3) uint8 RGB of the scene from each camera (V, 5)."""
-    colors = shade(*camera_rays(cameras, size, fov_degrees), scene)
-    return np.round(colors * 255).astype(np.uint8).reshape(len(cameras), size, size, 3)
+    return render_with_masks(scene, cameras, size, fov_degrees)[0]
+
+
+def object_masks(scene, cameras, size, fov_degrees):
+    """render_with_masks's masks (V, size, size) bool alone, without shading (a fraction of the cost)."""
+    on_object = trace(*camera_rays(cameras, size, fov_degrees), scene)[3]
+    return on_object.reshape(len(cameras), size, size)

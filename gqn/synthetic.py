@@ -4,7 +4,8 @@
 
 Scene i of a split is drawn from its own random stream, seeded by (seed, split, i): the output is
 the same for any number of workers, and train and test never share a stream. The training CLI
-calls `ensure_synthetic`, which generates a split only when its manifest is missing.
+calls `ensure_synthetic`, which generates a split only when its manifest is missing. RecordIO splits
+carry each view's object mask beside their shards (gqn.masks).
 """
 import argparse
 import contextlib
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from gqn import render, scene_format
+from gqn import masks, render, scene_format
 from gqn.datasets import SYNTHETIC_FAMILIES, SPLITS, file_stem, get_dataset
 
 FORMATS = ("recordio", "tfrecord")
@@ -119,14 +120,24 @@ def shepard_metzler_scene(rng, views):
 FAMILIES = {"rooms_ring": (rooms_ring_scene, 50.0), "shepard_metzler": (shepard_metzler_scene, 50.0)}
 
 
+def make_scene(family, seed, split, index):
+    """(render.Scene, cameras (S, 5) float32, field of view in degrees) of scene `index` of a split."""
+    info = get_dataset(family, SYNTHETIC_FAMILIES)
+    make, fov = FAMILIES[info.name]
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_STREAM[split], index)))
+    return (*make(rng, info.views_per_scene), fov)
+
+
+def render_scene_with_masks(family, seed, split, index, image_size=64):
+    """(frames: list of JPEG bytes, cameras (S, 5) float32, object masks (S, H, W) bool) of scene `index`."""
+    scene, cameras, fov = make_scene(family, seed, split, index)
+    images, on_object = render.render_with_masks(scene, cameras, image_size, fov)
+    return [encode_jpeg(image) for image in images], cameras, on_object
+
+
 def render_scene(family, seed, split, index, image_size=64):
     """(frames: list of JPEG bytes, cameras (S, 5) float32) of scene `index` of a split."""
-    info = get_dataset(family, SYNTHETIC_FAMILIES)
-    make_scene, fov = FAMILIES[info.name]
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_STREAM[split], index)))
-    scene, cameras = make_scene(rng, info.views_per_scene)
-    images = render.render(scene, cameras, image_size, fov)
-    return [encode_jpeg(image) for image in images], cameras
+    return render_scene_with_masks(family, seed, split, index, image_size)[:2]
 
 
 def encode_jpeg(image):
@@ -139,19 +150,22 @@ def encode_jpeg(image):
 
 
 def _render_task(task):
-    return render_scene(*task)
+    return render_scene_with_masks(*task)
 
 
 def _clear_split(split_dir):
     """Remove the shards, TFRecords and manifest an earlier run wrote here (and nothing else)."""
-    pattern = re.compile(r"^\d+-of-\d+\.(rec|idx|tfrecord)(\.tmp)?$|^manifest\.json(\.tmp)?$")
+    pattern = re.compile(r"^\d+-of-\d+\.(rec|idx|tfrecord|masks\.npz)(\.tmp)?$|^manifest\.json(\.tmp)?$")
     for name in os.listdir(split_dir):
         if pattern.match(name):
             os.remove(os.path.join(split_dir, name))
 
 
 def _write_shards(split_dir, scenes, counts, fmt):
-    """Write the scene stream into len(counts) shards; [(stem, count, None)] of what was written."""
+    """Write the stream of (frames, cameras, masks) into len(counts) shards; [(stem, count, None)] written.
+
+    RecordIO shards get their object masks beside them (gqn.masks); DeepMind's layout has no place for them.
+    """
     shards = []
     for number, count in enumerate(counts, 1):
         stem = file_stem(number, len(counts))
@@ -159,13 +173,34 @@ def _write_shards(split_dir, scenes, counts, fmt):
         if fmt == "tfrecord":
             from gqn import tfrecord  # needs google-crc32c, which training does not install
             tfrecord.write_records(os.path.join(split_dir, stem + ".tfrecord"),
-                                   (tfrecord.encode_example(*scene) for scene in batch))
+                                   (tfrecord.encode_example(frames, cameras) for frames, cameras, _ in batch))
         else:
+            shard_masks = []
             with scene_format.shard_writer(split_dir, stem) as writer:
-                for scene in batch:
-                    writer.write(scene_format.encode_scene(*scene))
+                for frames, cameras, scene_masks in batch:
+                    writer.write(scene_format.encode_scene(frames, cameras))
+                    shard_masks.append(scene_masks)
+            masks.write_masks(split_dir, stem, np.stack(shard_masks))
         shards.append((stem, count, None))
     return shards
+
+
+def add_missing_masks(split_dir):
+    """Render the object masks of a synthetic RecordIO split whose shards lack them (a split written without
+    masks); the scenes are drawn again from the manifest's seed, so the masks fit the stored frames."""
+    manifest = scene_format.read_manifest(split_dir)
+    source = manifest["source"]
+    if source.get("kind") != "synthetic":
+        raise ValueError("%s holds %s data; only synthetic splits have object masks" % (split_dir, source.get("kind")))
+    first = 0
+    for shard in manifest["shards"]:
+        indices = range(first, first + shard["scenes"])
+        first += shard["scenes"]
+        if os.path.exists(masks.masks_path(split_dir, shard["name"])):
+            continue
+        views = [make_scene(source["family"], source["seed"], manifest["split"], i) for i in indices]
+        masks.write_masks(split_dir, shard["name"], np.stack([
+            render.object_masks(scene, cameras, source["image_size"], fov) for scene, cameras, fov in views]))
 
 
 def write_split(out_dir, family, split, scenes, image_size=64, seed=0, fmt="recordio",
@@ -217,6 +252,8 @@ def ensure_synthetic(root, family="rooms_ring", train_scenes=2000, test_scenes=2
                         workers or os.cpu_count())
         manifests[split] = scene_format.read_manifest(split_dir)
         _check_existing(manifests[split], family, scenes, image_size, seed, split_dir)
+        if split == "test":  # the held-out scenes' object figures need them
+            add_missing_masks(split_dir)
     return manifests
 
 

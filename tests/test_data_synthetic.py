@@ -51,8 +51,8 @@ def test_output_is_identical_for_any_worker_count(tmp_path, monkeypatch):
     for workers in (1, 2):
         synthetic.write_split(str(tmp_path / str(workers)), "shepard_metzler", "train", 7, workers=workers)
     one, two = _files(tmp_path / "1" / "train"), _files(tmp_path / "2" / "train")
-    assert list(one) == ["1-of-3.idx", "1-of-3.rec", "2-of-3.idx", "2-of-3.rec", "3-of-3.idx",
-                         "3-of-3.rec", "manifest.json"]
+    assert list(one) == ["1-of-3.idx", "1-of-3.masks.npz", "1-of-3.rec", "2-of-3.idx", "2-of-3.masks.npz",
+                         "2-of-3.rec", "3-of-3.idx", "3-of-3.masks.npz", "3-of-3.rec", "manifest.json"]
     assert one == two
     manifest = scene_format.read_manifest(str(tmp_path / "1" / "train"))
     assert [s["scenes"] for s in manifest["shards"]] == [3, 3, 1]
