@@ -20,7 +20,12 @@ Per scene:
   gain_over_nearest_view, gain_over_mean_context
                    the baseline's MSE minus the prior sample's, per scene: positive where the model is better;
                    their standard errors are those of paired differences
-Means (and standard errors) over scenes are printed as a table and written as JSON.
+and, where the split has object masks (synthetic scenes; gqn/masks.py), the same over the pixels of the query
+view that show an object and over the rest:
+  mse_objects_X, mse_background_X   for X = prior_sample, nearest_view, mean_context
+  gain_objects_over_Y, gain_background_over_Y   for Y = nearest_view, mean_context, per scene as above
+                   a view without object pixels has none of the objects figures (the count is in the JSON)
+Means (and standard errors) over scenes are printed as tables and written as JSON.
 """
 import os
 
@@ -39,21 +44,28 @@ import numpy as np
 from tqdm import tqdm
 
 import core
-from gqn import scene_format
+from gqn import masks, scene_format, synthetic
 from gqn.baselines import baseline_mse
 from gqn.datasets import SPLITS
 from gqn.loader import Batch, make_loader
+from gqn.metrics import region_metrics
 from gqn.runs import load_model, run_dataset_root
 
 METRICS = [("elbo", "-ELBO"), ("nll", "NLL"), ("kl", "KL"), ("bits_per_dim", "bits/dim"),
            ("mse_prior_sample", "MSE sample"), ("mse_prior_mean", "MSE mean-S"), ("mse_posterior", "MSE post"),
            ("mse_nearest_view", "MSE nearest"), ("mse_mean_context", "MSE ctx-mean")]
+REGION_METRICS = [("mse_%s_%s" % (region, name), "%s %s" % (region[:3], title))
+                  for region in ("objects", "background")
+                  for name, title in (("prior_sample", "sample"), ("nearest_view", "nearest"),
+                                      ("mean_context", "ctx-mean"))]
+GAINS = [("gain_over_", "whole image"), ("gain_objects_over_", "objects"), ("gain_background_over_", "background")]
 
 
-def scene_metrics(batch, posterior_mean, kl, prior_samples, sigma):
+def scene_metrics(batch, posterior_mean, kl, prior_samples, sigma, object_masks=None):
     """Per-scene metrics {name: (B,)} of one numpy Batch (see the module docstring).
 
-    posterior_mean (B, 3, H, W), kl (B,), prior_samples (B, S, 3, H, W), sigma the pixel standard deviation.
+    posterior_mean (B, 3, H, W), kl (B,), prior_samples (B, S, 3, H, W), sigma the pixel standard deviation;
+    object_masks (B, H, W) bool of the query views, or None for data without masks.
     """
     target = np.asarray(batch.target, dtype=np.float64)
     metrics = core.elbo_terms(np, target, np.asarray(posterior_mean, dtype=np.float64),
@@ -66,14 +78,20 @@ def scene_metrics(batch, posterior_mean, kl, prior_samples, sigma):
                                 target))
     for baseline in ("nearest_view", "mean_context"):  # per scene, so their standard errors are paired ones
         metrics["gain_over_" + baseline] = metrics["mse_" + baseline] - metrics["mse_prior_sample"]
+    if object_masks is not None:
+        metrics.update(region_metrics(*batch, samples[:, 0], object_masks))
     return metrics
 
 
 def summarise(per_scene):
-    """{name: list of (B,) arrays} -> ({name: mean}, {name: standard error of the mean}) over all scenes."""
+    """{name: list of (B,) arrays} -> ({name: mean}, {name: standard error of the mean}) over all scenes.
+
+    NaN marks a scene without the figure (a view without object pixels): it is left out of that figure.
+    """
     means, sems = {}, {}
     for name, parts in per_scene.items():
         values = np.concatenate(parts)
+        values = values[~np.isnan(values)]
         means[name] = float(values.mean())
         sems[name] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
     return means, sems
@@ -94,32 +112,57 @@ def predict(model, batch, draw, samples, ctx):
     return posterior_mean.asnumpy(), kl.asnumpy(), np.stack(prior, axis=1)
 
 
-def evaluate_k(model, root, k, args, ctx, bar):
-    """Per-scene metrics {name: [(B,) arrays]} of the first args.scenes scenes with exactly k context views."""
+def evaluate_k(model, root, k, args, ctx, bar, split_masks=None):
+    """Per-scene metrics {name: [(B,) arrays]} of the first args.scenes scenes with exactly k context views;
+    split_masks (scenes, S, H, W) bool: the split's object masks (gqn/masks.py), or None."""
     loader = make_loader(root, args.split, args.batch_size, args.max_context, shuffle=False, seed=args.seed,
                          fixed_k=k, last_batch="keep")
     config, per_scene, start = model.config, defaultdict(list), 0
     shape = (config.steps, config.latent, config.image_size // core.SCALE, config.image_size // core.SCALE)
-    for batch in loader:
+    for batch, keys in masks.keyed_batches(loader):
         count = min(len(batch.target), args.scenes - start)
         if count <= 0:
             break
         batch = Batch(*(a.asnumpy()[:count] for a in batch))
+        query_masks = None if split_masks is None else masks.query_masks(split_masks, keys[:count])
         draw = noise_draws(args.seed, range(start, start + count), shape)  # (L, Z, h, w) per scene
         posterior_mean, kl, prior = predict(model, batch, draw, args.samples, ctx)
-        for name, values in scene_metrics(batch, posterior_mean, kl, prior, args.sigma).items():
+        for name, values in scene_metrics(batch, posterior_mean, kl, prior, args.sigma, query_masks).items():
             per_scene[name].append(values)
         start += count
         bar.update(1)
     return per_scene
 
 
-def format_table(results):
-    """The per-k means as a fixed-width text table, one row per context size."""
-    lines = ["%3s" % "k" + "".join("%13s" % title for _, title in METRICS)]
+def format_table(results, columns=METRICS):
+    """The per-k means of the columns [(name, title)] as a fixed-width text table, one row per context size."""
+    lines = ["%3s" % "k" + "".join("%13s" % title for _, title in columns)]
     for k, means in results.items():
-        lines.append("%3s" % k + "".join("%13.5g" % means[name] for name, _ in METRICS))
+        lines.append("%3s" % k + "".join("%13.5g" % means[name] for name, _ in columns))
     return "\n".join(lines)
+
+
+def format_gains(means, sems, k):
+    """Lines of the paired gains (baseline MSE minus the prior sample's, mean +- standard error) at context size k."""
+    lines = []
+    for baseline in ("nearest_view", "mean_context"):
+        parts = ["%s %.5f +- %.5f" % (title, means[prefix + baseline], sems[prefix + baseline])
+                 for prefix, title in GAINS if prefix + baseline in means]
+        lines.append("k=%d gain over %s: %s" % (k, baseline.replace("_", " "), ", ".join(parts)))
+    return lines
+
+
+def load_split_masks(root, split):
+    """The object masks of root/split (rendered first for a synthetic split written without them), or None."""
+    split_dir = os.path.join(root, split)
+    manifest = scene_format.read_manifest(split_dir)
+    try:
+        if manifest["source"].get("kind") == "synthetic" and masks.missing_masks(split_dir, manifest):
+            print("evaluate_gqn.py: rendering the object masks of %s" % split_dir, file=sys.stderr)
+            synthetic.add_missing_masks(split_dir)
+        return masks.load_masks(split_dir)
+    except ValueError as error:
+        raise SystemExit("evaluate_gqn.py: %s" % error)
 
 
 def parse_args(argv=None):
@@ -184,17 +227,26 @@ def main(argv=None):
     except FileNotFoundError as error:
         raise SystemExit("evaluate_gqn.py: %s" % error)
     root = resolve_settings(args, state)
-    started, results, sems = time.time(), {}, {}
+    split_masks = load_split_masks(root, args.split)
+    started, results, sems, with_objects = time.time(), {}, {}, {}
     batches = -(-args.scenes // args.batch_size)
     with tqdm(total=args.max_context * batches, unit="batch", file=sys.stderr, dynamic_ncols=True) as bar:
         for k in range(1, args.max_context + 1):
-            results[k], sems[k] = summarise(evaluate_k(model, root, k, args, ctx, bar))
+            per_scene = evaluate_k(model, root, k, args, ctx, bar, split_masks)
+            results[k], sems[k] = summarise(per_scene)
+            if split_masks is not None:
+                with_objects[k] = int(np.sum(~np.isnan(np.concatenate(per_scene["mse_objects_prior_sample"]))))
     report = {"checkpoint": state["directory"], "step": state["step"], "data": os.path.join(root, args.split),
               "scenes": args.scenes, "max_context": args.max_context, "samples": args.samples,
               "sigma": args.sigma, "seed": args.seed, "metrics": results, "sem": sems}
+    if split_masks is not None:
+        report["scenes_with_objects"] = with_objects  # the views with object pixels: the objects figures' count
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(results))
+    if split_masks is not None:
+        print(format_table(results, REGION_METRICS))
+    print("\n".join(format_gains(results[args.max_context], sems[args.max_context], args.max_context)))
     print("%d scenes of %s, k = 1..%d, step %d, sigma %g, %d prior samples; %.1f s; wrote %s"
           % (args.scenes, report["data"], args.max_context, state["step"], args.sigma, args.samples,
              time.time() - started, args.out))

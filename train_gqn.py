@@ -202,6 +202,7 @@ class Run:
     rank: int                 # this worker's rank (0 without dist_*)
     dir: str
     val: list                 # the fixed validation batches
+    val_masks: list           # the object masks of their query views (None: the data has none)
     log: RunLog
     last_good: int = None     # step of the last checkpoint saved
 
@@ -256,7 +257,8 @@ def train(run, step, stop):
 
 
 def run_validation(run, step, sigma):
-    metrics, grid = training.validate(run.model, run.val, sigma, seed=run.config.seed + 777)
+    metrics, grid = training.validate(run.model, run.val, sigma, seed=run.config.seed + 777,
+                                      query_masks=run.val_masks)
     run.log.scalars("val", metrics, step)
     run.log.grid(grid, step)
     tqdm.write("step %d  validation: %s" % (step, "  ".join("%s %.4g" % kv for kv in metrics.items())))
@@ -323,9 +325,12 @@ def main(argv=None):
                                                json.dumps(dataclasses.asdict(config)),
                                                json.dumps(model_config.to_dict())), flush=True)
     per_device = config.micro_batch or config.batch_size // len(ctxs)
+    try:
+        val, val_masks = training.validation_batches(root, config.val_scenes, k, per_device, ctxs[0])
+    except ValueError as error:
+        raise SystemExit("train_gqn.py: %s" % error)
     run = Run(config, model, trainer, ctxs, root, k, rank, run_dir, last_good=step if found else None,
-              val=training.validation_batches(root, config.val_scenes, k, per_device, ctxs[0]),
-              log=RunLog(run_dir, rank == 0))
+              val=val, val_masks=val_masks, log=RunLog(run_dir, rank == 0))
     stop = Stop()
     try:
         step = train(run, step, stop)

@@ -3,13 +3,16 @@
 The model is used through its interface (model(...), model.elbo, model.noise_shape, model.generator(); core.GQN),
 so this module, like the rest of gqn/, does not import core.
 """
+import os
+
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from gqn import amp, images
+from gqn import amp, images, masks
 from gqn.baselines import baseline_mse
 from gqn.loader import make_loader
+from gqn.metrics import region_metrics
 
 
 def noise_seed(seed, rank, step):
@@ -30,14 +33,21 @@ def training_batches(root, batch_size, k, seed, workers, start_step):
 
 
 def validation_batches(root, scenes, k, per_device, ctx):
-    """The fixed held-out batches scored at every validation (same scenes, views and context sizes)."""
+    """(the fixed held-out batches scored at every validation (same scenes, views and context sizes), the object
+    masks (B, H, W) bool of their query views, or None for data without masks (converted DeepMind data)).
+
+    ValueError, naming the file, when the split's masks are incomplete or do not fit it (gqn.masks).
+    """
     loader = make_loader(root, "test", per_device, k, shuffle=False, seed=12345, last_batch="keep")
-    batches = []
-    for batch in loader:
+    split_masks = masks.load_masks(os.path.join(root, "test"))
+    batches, query_masks = [], []
+    for batch, keys in masks.keyed_batches(loader):
         batches.append(batch.as_in_context(ctx))
+        if split_masks is not None:
+            query_masks.append(masks.query_masks(split_masks, keys))
         if len(batches) * per_device >= scenes:
             break
-    return batches
+    return batches, query_masks if split_masks is not None else None
 
 
 def split_batch(batch, ctxs):
@@ -91,8 +101,18 @@ def mean_terms(terms):
     return {name: float(np.concatenate([t[name].asnumpy() for t in terms]).mean()) for name in terms[0]}
 
 
-def validate(model, batches, sigma, seed):
-    """Posterior ELBO terms, the MSE of a prior sample and of the two baselines on the fixed held-out batches;
+def region_means(batches, samples, query_masks):
+    """{mse_REGION_PREDICTOR: mean over scenes} over object pixels and the rest (gqn.metrics), for the prior
+    samples [(B, 3, H, W)] and both baselines; views without pixels in a region are left out of its mean."""
+    per_batch = [region_metrics(*(a.asnumpy() for a in batch), sample, mask)
+                 for batch, sample, mask in zip(batches, samples, query_masks)]
+    return {name: float(np.nanmean(np.concatenate([p[name] for p in per_batch])))
+            for name in per_batch[0] if name.startswith("mse_")}  # the gains are differences of these means
+
+
+def validate(model, batches, sigma, seed, query_masks=None):
+    """Posterior ELBO terms, the MSE of a prior sample and of the two baselines on the fixed held-out batches, and
+    over object pixels and the rest where the query views' masks [(B, H, W)] are given;
     -> (metrics {name: float}, prediction grid (rows, cols, 3) uint8)."""
     renderer = model.generator()
     mx.random.seed(seed)  # the same noise at every validation, so curves compare like with like
@@ -114,6 +134,8 @@ def validate(model, batches, sigma, seed):
                                                        np.concatenate([b.target.asnumpy() for b in batches]))
     for name in baselines[0]:  # what the model must beat: nearest context view, mean context image
         metrics[name] = float(np.concatenate([b[name] for b in baselines]).mean())
+    if query_masks is not None:
+        metrics.update(region_means(batches, samples, query_masks))
     batch, predictions = grid_rows
     n = min(8, batch.target.shape[0])
     grid = images.prediction_grid(batch.context_frames[:n].asnumpy(), batch.context_mask[:n].asnumpy(),

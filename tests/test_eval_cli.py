@@ -21,6 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, VIEWS, K = 16, 10, 3  # the dry-run preset: 16px frames, 10 views per scene, max_context 3
 METRICS = {"elbo", "nll", "kl", "bits_per_dim", "mse_prior_sample", "mse_prior_mean", "mse_posterior",
            "mse_nearest_view", "mse_mean_context", "gain_over_nearest_view", "gain_over_mean_context"}
+METRICS |= {"mse_%s_%s" % (region, predictor) for region in ("objects", "background")
+            for predictor in ("prior_sample", "nearest_view", "mean_context")}
+METRICS |= {"gain_%s_over_%s" % (region, baseline) for region in ("objects", "background")
+            for baseline in ("nearest_view", "mean_context")}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,19 @@ def test_evaluation_json_has_every_k_and_metric_and_repeats_for_a_seed(run, tmp_
     assert evaluate(run, tmp_path / "d.json", "--seed", 5)["metrics"] == first["metrics"]  # bit for bit
     one = first["metrics"]["1"]
     assert one["mse_nearest_view"] == one["mse_mean_context"]  # one context view: both baselines are that view
-    assert all(name in table for name in ("-ELBO", "bits/dim", "MSE nearest")) and len(table.splitlines()) >= 4
+    assert all(name in table for name in ("-ELBO", "bits/dim", "MSE nearest", "obj sample", "bac ctx-mean",
+                                          "k=3 gain over mean context: whole image")) and len(table.splitlines()) >= 10
+    assert set(first["scenes_with_objects"]) == {"1", "2", "3"}
+
+
+def test_evaluation_renders_missing_masks_of_a_synthetic_split(run, tmp_path):
+    first = evaluate(run, tmp_path / "a.json", "--max-context", 1)
+    split_dir = first["data"]
+    for name in os.listdir(split_dir):
+        if name.endswith(".masks.npz"):
+            os.remove(os.path.join(split_dir, name))
+    again = evaluate(run, tmp_path / "b.json", "--max-context", 1)
+    assert again["metrics"] == first["metrics"] and any(n.endswith(".masks.npz") for n in os.listdir(split_dir))
 
 
 def test_every_k_scores_the_same_targets_with_nested_contexts(run):

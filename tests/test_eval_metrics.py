@@ -49,6 +49,20 @@ def test_scene_metrics_against_hand_computed_values():
         np.testing.assert_allclose(got[name][0], value, rtol=1e-6, atol=1e-12, err_msg=name)
 
 
+def test_scene_metrics_with_masks_add_the_region_figures_of_the_first_prior_sample():
+    prior = flat_images(0.0, 1.0)[None]                            # (B=1, S=2, 3, 1, 1)
+    got = scene_metrics(tiny_batch(), flat_images(0.25), np.array([1.0]), prior, 0.5, np.ones((1, 1, 1), bool))
+    np.testing.assert_allclose(got["mse_objects_prior_sample"], [0.25])       # the sample 0, not the mean of 0 and 1
+    np.testing.assert_allclose(got["gain_objects_over_nearest_view"], [0.16 - 0.25], rtol=1e-6)
+    assert np.isnan(got["mse_background_prior_sample"][0])                    # the one pixel shows an object
+
+
+def test_summarise_leaves_out_scenes_without_the_figure():
+    means, sems = summarise({"mse_objects": [np.array([1.0, np.nan]), np.array([3.0])]})
+    assert means == {"mse_objects": 2.0}
+    np.testing.assert_allclose(sems["mse_objects"], 1.0)               # sample std 2**0.5, n = 2
+
+
 def test_nearest_view_prefers_distance_then_angle_then_slot():
     query = cameras((0, 0, 0, 0, 0), (0, 0, 0, 0, 0), (0, 0, 0, 0, 0))        # at the origin, looking along +x
     context = np.stack([

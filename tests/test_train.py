@@ -63,7 +63,9 @@ def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
     found = json.loads(out.stdout.strip().splitlines()[-1])
     for tag in ("train/elbo", "train/nll", "train/kl", "train/mse", "schedule/lr", "schedule/sigma",
                 "train/samples_per_s", "val/elbo", "val/nll", "val/kl", "val/mse_prior_sample", "val/sample_spread", "val/colour_corr",
-                "val/mse_nearest_view", "val/mse_mean_context"):
+                "val/mse_nearest_view", "val/mse_mean_context", "val/mse_objects_prior_sample",
+                "val/mse_objects_nearest_view", "val/mse_objects_mean_context", "val/mse_background_prior_sample",
+                "val/mse_background_nearest_view", "val/mse_background_mean_context"):
         assert tag in found["tags"]["scalars"], tag
     assert "val/grid" in found["tags"]["images"] and found["image"] == (3 + 2 + 1) * 18 + 2
     assert len(found["elbo"]) == 4 and all(np.isfinite(found["elbo"]))
@@ -120,9 +122,9 @@ def test_micro_batches_give_the_same_gradient(hybridize):
         assert np.linalg.norm(micro[name] - whole[name]) <= 1e-4 * scale, name
 
 
-def test_sample_spread_is_zero_only_for_a_model_that_ignores_its_inputs():
+def tiny_model_and_batch():
+    """A small random GQN at 16px and a batch of 6 random scenes with 2 context views."""
     import core
-    from gqn import training
     from gqn.loader import Batch
     config = core.ModelConfig(image_size=16, steps=2, latent=4, hidden=8, r_channels=8, kernel=3)
     model = core.GQN(config)
@@ -130,6 +132,24 @@ def test_sample_spread_is_zero_only_for_a_model_that_ignores_its_inputs():
     rng = np.random.default_rng(0)
     batch = Batch(*(mx.nd.array(a) for a in (rng.uniform(size=(6, 2, 3, 16, 16)), rng.normal(size=(6, 2, 7)),
                                              np.ones((6, 2)), rng.normal(size=(6, 7)), rng.uniform(size=(6, 3, 16, 16)))))
+    return model, batch
+
+
+def test_validation_region_figures_split_the_whole_image_ones():
+    from gqn import training
+    model, batch = tiny_model_and_batch()
+    top = np.zeros((6, 16, 16), bool)
+    top[:, :8] = True                                                   # as many object pixels as background ones
+    metrics = training.validate(model, [batch], 1.0, seed=0, query_masks=[top])[0]
+    for predictor in ("prior_sample", "nearest_view", "mean_context"):
+        halves = metrics["mse_objects_" + predictor] + metrics["mse_background_" + predictor]
+        np.testing.assert_allclose(halves / 2, metrics["mse_" + predictor], rtol=1e-5, err_msg=predictor)
+    assert metrics["mse_objects_prior_sample"] != metrics["mse_background_prior_sample"]
+
+
+def test_sample_spread_is_zero_only_for_a_model_that_ignores_its_inputs():
+    from gqn import training
+    model, batch = tiny_model_and_batch()
     assert training.validate(model, [batch], 1.0, seed=0)[0]["sample_spread"] > 1e-3
     for param in model.collect_params().values():  # every weight 0: sigmoid(0) = 0.5 wherever, whatever the scene
         param.set_data(mx.nd.zeros(param.shape))
