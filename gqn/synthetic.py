@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from gqn import masks, render, scene_format
 from gqn.datasets import SYNTHETIC_FAMILIES, SPLITS, file_stem, get_dataset
+from gqn.processes import init_worker
 
 FORMATS = ("recordio", "tfrecord")
 SCENES_PER_SHARD = 500  # shards per split = ceil(scenes / this); 500 scenes of 64x64 are ~10 MB
@@ -214,7 +215,7 @@ def write_split(out_dir, family, split, scenes, image_size=64, seed=0, fmt="reco
     _clear_split(split_dir)
     counts = [min(SCENES_PER_SHARD, scenes - start) for start in range(0, scenes, SCENES_PER_SHARD)]
     tasks = [(family, seed, split, index, image_size) for index in range(scenes)]
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    pool = multiprocessing.Pool(workers, init_worker, (os.getpid(),)) if workers > 1 else None
     with pool or contextlib.nullcontext():
         rendered = pool.imap(_render_task, tasks, chunksize=4) if pool else map(_render_task, tasks)
         with tqdm(rendered, total=scenes, unit="scene", desc="%s/%s" % (family, split)) as bar:
