@@ -5,11 +5,12 @@ A batch has k real context views (k drawn per batch from 1..max_context, or fixe
 in the K slots; the other slots are zeros with context_mask 0, so every batch has the same shape
 and a hybridized model never rebuilds its graph. The query view is never among the context views.
 Batches are a pure function of (seed, epoch): the batch sampler draws scene order, k and a view
-seed per scene, and workers decode only the k + 1 views they need.
+seed per scene, and the decoding threads decode only the k + 1 views they need.
+Bad data raises scene_format.DataError naming the file and record: at open time for the manifest and the
+shards' structure, when a scene is read for its checksum and frames.
 """
 import itertools
 import os
-import threading
 from collections import deque, namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,9 +45,18 @@ def transform_cameras(raw):
                           -1)
 
 
-def decode_frames(jpegs):
-    """JPEG byte strings -> uint8 RGB frames (N, H, W, 3)."""
-    frames = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
+def decode_frames(jpegs, size=None, views=None):
+    """JPEG byte strings -> uint8 RGB frames (N, H, W, 3). DataError naming the first frame that does not
+    decode, or is not size x size pixels when a size is given; frames are named by `views` (default 0..N-1)."""
+    frames = []
+    for view, jpeg in zip(range(len(jpegs)) if views is None else views, jpegs):
+        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) if len(jpeg) else None
+        if frame is None:
+            raise scene_format.DataError("frame %d does not decode as a JPEG" % view)
+        if size and frame.shape[:2] != (size, size):
+            raise scene_format.DataError("frame %d is %dx%d pixels; expected %dx%d"
+                                         % (view, frame.shape[1], frame.shape[0], size, size))
+        frames.append(frame)
     return np.stack(frames)[..., ::-1]  # cv2 decodes to BGR
 
 
@@ -92,41 +102,38 @@ def build_batch(scenes, k, max_context, rng):
 class SceneDataset(gluon.data.Dataset):
     """The scenes of root/split: item i is (JPEG byte strings (S,), raw cameras (S, 5)).
 
-    Shards are opened lazily, once per process and thread, so DataLoader workers (threads, see make_loader)
-    never share a file position.
+    Opening checks the manifest against the shards (scene_format.open_split); reading a scene checks its
+    checksum and view count. Every read opens the shard file for itself, so any thread may read.
     """
 
     def __init__(self, root, split):
         self.split_dir = os.path.join(root, split)
-        self.manifest = scene_format.read_manifest(self.split_dir)
-        counts = [shard["scenes"] for shard in self.manifest["shards"]]
-        self._starts = np.cumsum([0] + counts)  # scene i lives in the shard whose range holds it
-        self._local = threading.local()  # .readers: {shard: open reader} of this thread
+        self.manifest, self._offsets = scene_format.open_split(self.split_dir)
+        self._starts = np.cumsum([0] + [len(o) for o in self._offsets])  # scene i: shard whose range holds it
 
     def __len__(self):
         return int(self._starts[-1])
 
-    def record(self, index):
-        """The raw scene record of scene `index`."""
+    def locate(self, index):
+        """(.rec path, record number in it, byte offset of the record) of scene `index`."""
         if not 0 <= index < len(self):
             raise IndexError("scene %d is not in 0..%d" % (index, len(self) - 1))
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        readers = self._local.__dict__.setdefault("readers", {})  # a worker thread's readers go with it
-        if shard not in readers:
-            rec, idx = scene_format.shard_paths(self.split_dir, self.manifest["shards"][shard]["name"])
-            readers[shard] = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
-        return readers[shard].read_idx(int(index - self._starts[shard]))
+        rec = scene_format.shard_paths(self.split_dir, self.manifest["shards"][shard]["name"])[0]
+        return rec, int(index - self._starts[shard]), int(self._offsets[shard][index - self._starts[shard]])
 
     def __getitem__(self, index):
-        return scene_format.decode_scene(self.record(index))
+        rec, number, offset = self.locate(index)
+        frames, cameras = scene_format.read_scene(rec, offset, number)
+        if len(frames) != self.manifest["views_per_scene"]:
+            raise scene_format.DataError("%s: record %d: %d views; the manifest says %d"
+                                         % (rec, number, len(frames), self.manifest["views_per_scene"]))
+        return frames, cameras
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_local"] = None  # open file handles do not cross processes
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state, _local=threading.local())
+    def where(self, index):
+        """'PATH record N (scene I)', for error messages."""
+        rec, number, _ = self.locate(index)
+        return "%s: record %d (scene %d)" % (rec, number, index)
 
 
 class QueryDataset(gluon.data.Dataset):
@@ -142,8 +149,11 @@ class QueryDataset(gluon.data.Dataset):
         index, k, view_seed = key
         jpegs, cameras = self.scenes[index]
         views = choose_views(len(jpegs), k, np.random.default_rng(view_seed))
-        return make_example(decode_frames([jpegs[v] for v in views]), cameras[views],
-                            self.max_context)
+        try:
+            frames = decode_frames([jpegs[v] for v in views], self.scenes.manifest["frame_size"], views)
+        except scene_format.DataError as error:
+            raise scene_format.DataError("%s: %s" % (self.scenes.where(index), error)) from None
+        return make_example(frames, cameras[views], self.max_context)
 
 
 class ContextBatchSampler(gluon.data.Sampler):
@@ -180,9 +190,9 @@ class ContextBatchSampler(gluon.data.Sampler):
 
 
 class Loader:
-    """Batches of ContextBatchSampler's keys, made by `workers` threads (none: in the caller), in order.
+    """Batches of ContextBatchSampler's keys, made by `workers` decoding threads (none: in the caller), in order.
 
-    Worker threads only decode and stack numpy arrays (JPEG decoding releases the GIL); the mx.nd Batch is
+    The decoding threads only decode and stack numpy arrays (JPEG decoding releases the GIL); the mx.nd Batch is
     made in the calling thread. At most 2 * workers batches are in flight; a loop that leaves mid-epoch ends
     the threads when the generator is closed, or at exit (concurrent.futures joins them).
     """
@@ -229,8 +239,8 @@ def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=
     instead of drawing k per batch; epoch: the first epoch's number (for resuming);
     last_batch: 'discard' keeps every batch the same size, 'keep' yields the remainder too;
     skip_batches: leave out the first batches of the first epoch (a resumed run), drawing the same keys.
-    num_workers: decoding threads, not processes: JPEG decoding releases the GIL, and the forked workers of
-    gluon's DataLoader inherited the trainer's signal handlers, which could hang the pool's shutdown for ever.
+    num_workers: decoding threads (0: decode in the caller). Threads, not processes: JPEG decoding releases the
+    GIL, and forked processes inherit the trainer's signal handlers, which can hang a pool's shutdown for ever.
     """
     scenes = SceneDataset(root, split)
     views = scenes.manifest["views_per_scene"]

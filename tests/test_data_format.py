@@ -1,6 +1,7 @@
 """Dataset table, scene record, shards and manifest, TFRecord framing and Examples (no TensorFlow)."""
 import os
 
+import google_crc32c
 import numpy as np
 import pytest
 
@@ -35,21 +36,69 @@ def test_scene_record_round_trip_without_pickle():
     frames, cameras = _scene()
     record = scene_format.encode_scene(frames, cameras)
     assert record[:4] == scene_format.MAGIC and b"pickle" not in record
-    assert len(record) == 8 + 4 * 4 + 4 * 20 + sum(map(len, frames))
+    assert len(record) == 8 + 4 * 4 + 4 * 20 + sum(map(len, frames)) + 4
+    assert int.from_bytes(record[-4:], "little") == google_crc32c.value(record[:-4])
     got_frames, got_cameras = scene_format.decode_scene(record)
     assert got_frames == frames
     np.testing.assert_array_equal(got_cameras, cameras)
 
 
+def test_every_flipped_byte_fails_the_checksum():
+    frames, cameras = _scene(views=2)
+    record = bytearray(scene_format.encode_scene(frames, cameras))
+    for position in range(4, len(record)):  # bytes 0-3 are the magic, checked first
+        damaged = bytearray(record)
+        damaged[position] ^= 0x01
+        with pytest.raises(scene_format.DataError, match="checksum mismatch"):
+            scene_format.decode_scene(bytes(damaged))
+
+
+def _with_crc(body):
+    return body + google_crc32c.value(body).to_bytes(4, "little")
+
+
 def test_scene_record_rejects_bad_input():
     frames, cameras = _scene()
     record = scene_format.encode_scene(frames, cameras)
-    with pytest.raises(ValueError, match="magic"):
+    with pytest.raises(scene_format.DataError, match="magic"):
         scene_format.decode_scene(b"XXXX" + record[4:])
-    with pytest.raises(ValueError, match="header says"):
+    with pytest.raises(scene_format.DataError, match="format version 1"):
+        scene_format.decode_scene(b"GQS1" + record[4:-4])
+    with pytest.raises(scene_format.DataError, match="checksum mismatch"):
         scene_format.decode_scene(record[:-1])
+    with pytest.raises(scene_format.DataError, match="header says"):
+        scene_format.decode_scene(_with_crc(record[:-5]))  # the last JPEG one byte short, checksum matching
+    with pytest.raises(scene_format.DataError, match="too short for 4 views"):
+        scene_format.decode_scene(_with_crc(record[:20]))
     with pytest.raises(ValueError, match=r"expected \(4, 5\)"):
         scene_format.encode_scene(frames, cameras[:3])
+
+
+_RIO_MAGIC = (0xCED7230A).to_bytes(4, "little")
+_PAYLOADS = [b"", b"a", b"abcd", b"abcde" * 13, _RIO_MAGIC, b"xxxx" + _RIO_MAGIC + b"yy", b"x" + _RIO_MAGIC + b"zzz",
+             _RIO_MAGIC * 3 + b"tail", bytes(range(256)) * 9]
+
+
+def test_shards_are_mxnet_indexed_recordio_byte_for_byte(tmp_path):
+    """The writer frames records as dmlc-core does, including splitting at an aligned magic number."""
+    import mxnet as mx
+    writer = mx.recordio.MXIndexedRecordIO(str(tmp_path / "mx.idx"), str(tmp_path / "mx.rec"), "w")
+    for key, payload in enumerate(_PAYLOADS):
+        writer.write_idx(key, payload)
+    writer.close()
+    with scene_format.shard_writer(str(tmp_path), "ours") as ours:
+        for payload in _PAYLOADS:
+            ours.write(payload)
+    for suffix in (".rec", ".idx"):
+        assert (tmp_path / ("ours" + suffix)).read_bytes() == (tmp_path / ("mx" + suffix)).read_bytes()
+    reader = mx.recordio.MXIndexedRecordIO(str(tmp_path / "ours.idx"), str(tmp_path / "ours.rec"), "r")
+    assert [reader.read_idx(k) for k in range(len(_PAYLOADS))] == _PAYLOADS
+    offsets = scene_format.read_index(str(tmp_path / "mx.idx"))
+    fd = os.open(tmp_path / "mx.rec", os.O_RDONLY)
+    try:
+        assert [scene_format.read_record(fd, int(o))[0] for o in offsets] == _PAYLOADS
+    finally:
+        os.close(fd)
 
 
 def test_shard_appears_only_when_complete(tmp_path):
@@ -62,8 +111,20 @@ def test_shard_appears_only_when_complete(tmp_path):
         for payload in (b"a", b"bb", b"ccc"):
             writer.write(payload)
     assert sorted(os.listdir(tmp_path)) == ["2-of-2.idx", "2-of-2.rec"]
-    assert scene_format.shard_is_complete(str(tmp_path), "2-of-2")
-    assert scene_format.count_records(str(tmp_path), "2-of-2") == 3
+    assert len(scene_format.open_shard(str(tmp_path), {"name": "2-of-2", "scenes": 3})) == 3
+
+
+@pytest.mark.parametrize("text,message", [
+    ("0\t0\n1\t12\n2\t2", "line 3 is cut short"),
+    ("0\t0\n1 12\n", "line 2 is not 'key<TAB>offset'"),
+    ("0\t0\n2\t12\n", "keys are not 0..1"),
+    ("0\t12\n1\t0\n", "increasing offsets"),
+])
+def test_damaged_index_is_named(tmp_path, text, message):
+    (tmp_path / "a.idx").write_text(text)
+    with pytest.raises(scene_format.DataError, match=message) as error:
+        scene_format.read_index(str(tmp_path / "a.idx"))
+    assert str(error.value).startswith(str(tmp_path / "a.idx"))
 
 
 def test_manifest_round_trip_and_missing(tmp_path):
@@ -73,6 +134,7 @@ def test_manifest_round_trip_and_missing(tmp_path):
     scene_format.write_manifest(str(tmp_path), manifest)
     assert scene_format.read_manifest(str(tmp_path)) == manifest
     assert manifest["scene_count"] == 7 and manifest["views_per_scene"] == 11
+    assert manifest["format_version"] == 2
     with pytest.raises(FileNotFoundError, match="gqn_data_to_recordio"):
         scene_format.read_manifest(str(tmp_path / "nowhere"))
 
