@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from gqn import masks, render, scene_format
+from gqn import masks, render, scene_format, tfrecord
 from gqn.datasets import SYNTHETIC_FAMILIES, SPLITS, file_stem, get_dataset
 from gqn.processes import init_worker
 
@@ -172,7 +172,6 @@ def _write_shards(split_dir, scenes, counts, fmt):
         stem = file_stem(number, len(counts))
         batch = (next(scenes) for _ in range(count))
         if fmt == "tfrecord":
-            from gqn import tfrecord  # needs google-crc32c, which training does not install
             tfrecord.write_records(os.path.join(split_dir, stem + ".tfrecord"),
                                    (tfrecord.encode_example(frames, cameras) for frames, cameras, _ in batch))
         else:
