@@ -27,7 +27,7 @@ import core
 from gqn import amp, checkpoint, training
 from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, dataset_root
 from gqn.plots import plot_curves
-from gqn.runs import RunLog, new_run_dir
+from gqn.runs import RunLock, RunLocked, RunLog, WriteFailed, new_run_dir
 from gqn.schedules import linear_anneal
 from gqn.synthetic import ensure_synthetic
 
@@ -149,9 +149,20 @@ def max_context(config, manifest):
     return k
 
 
-def resume_config(args, config, argv):
-    """(checkpoint folder, saved TrainConfig with --max-steps / --minutes / --micro-batch from the command line if
-    given, saved model dict) of --resume RUN_DIR."""
+# What a resume may change: schedules, lengths, logging cadence, and how the work is run. The rest makes the run
+# what it is (model, data, batch, seed, precision): changing it is a new run.
+RESUMABLE = ("sigma_initial", "sigma_final", "sigma_steps", "lr_initial", "lr_final", "lr_steps", "lr_warmup_steps",
+             "max_steps", "minutes", "val_every", "log_every", "checkpoint_every", "workers", "micro_batch", "gpus",
+             "data_dir")
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def resume_config(args, config, model_values, argv):
+    """(saved TrainConfig with the RESUMABLE flags given on the command line, saved model dict) of --resume RUN_DIR;
+    SystemExit naming a flag given with another value than the run's that a resume cannot change."""
     found = checkpoint.find_checkpoint(os.path.join(args.resume, "checkpoint"))
     if found is None:
         raise SystemExit("train_gqn.py: --resume %s: no checkpoint there (expected %s/checkpoint/state.json)"
@@ -159,24 +170,56 @@ def resume_config(args, config, argv):
     state = checkpoint.load_state(found)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = TrainConfig(**{name: value for name, value in state["config"].items() if name in known})
-    given = {name: getattr(config, name) for name in ("max_steps", "minutes", "micro_batch")
-             if "--" + name.replace("_", "-") in (argv if argv is not None else sys.argv[1:])}
-    return found, dataclasses.replace(saved, **given), state["model"]
+    given = {token.split("=", 1)[0] for token in (argv if argv is not None else sys.argv[1:])}
+    changes = {}
+    for name, value, before in ([(n, getattr(config, n), getattr(saved, n)) for n in sorted(known)]
+                                + [(n, v, state["model"][n]) for n, v in sorted(model_values.items())]):
+        if flag(name) not in given or value == before:
+            continue
+        if name not in RESUMABLE:
+            raise SystemExit("train_gqn.py: --resume %s: %s %s differs from the run's %s and cannot change on resume "
+                             "(a new run can); a resume may change %s"
+                             % (args.resume, flag(name), value, before, " ".join(map(flag, RESUMABLE))))
+        changes[name] = value
+    return dataclasses.replace(saved, **changes), state["model"]
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-def check_finite(values, step, run_dir, last_good):
+def last_good(run):
+    """Where the run can go on from, for the message that stops it."""
+    if run.last_good is None:
+        return "No checkpoint was saved yet"
+    return "The last good checkpoint (step %d) is kept in %s" % (run.last_good, os.path.join(run.dir, "checkpoint"))
+
+
+def check_finite(values, step, run):
     if not all(np.isfinite(v) for v in values.values()):
-        raise NonFiniteLoss("loss is not finite at step %d (%s); stopping. The last good checkpoint (step %s) is kept "
-                            "in %s/checkpoint; resume from it with a lower --lr-initial or a larger --sigma-final"
-                            % (step, ", ".join("%s=%g" % kv for kv in values.items()), last_good, run_dir))
+        raise NonFiniteLoss("loss is not finite at step %d (%s); stopping. %s; %s with a lower --lr-initial or a "
+                            "larger --sigma-final" % (step, ", ".join("%s=%g" % kv for kv in values.items()),
+                                                      last_good(run), advice(run)))
+
+
+def check_parameters(step, run):
+    """Non-finite parameters (an update from a huge gradient) must not become the last good checkpoint."""
+    for name, param in run.model.collect_params().items():
+        if not np.isfinite(param.data().asnumpy()).all():
+            raise NonFiniteLoss("parameter %s is not finite after step %d; stopping. %s; %s with a lower "
+                                "--lr-initial" % (name, step, last_good(run), advice(run)))
+
+
+def advice(run):
+    if run.last_good is None:
+        return "start again"
+    return "resume (--resume %s)" % run.dir
 
 
 class Stop:
-    """Set by SIGINT/SIGTERM: the loop then saves a checkpoint and exits cleanly."""
+    """Set by SIGINT/SIGTERM: the loop then saves a checkpoint and the run exits with 128 + the signal's number,
+    as a shell reports a process that signal ended. A second signal ends the process at once (the last
+    checkpoint is whole: saves are atomic)."""
 
     def __init__(self):
         self.signal = None
@@ -185,6 +228,8 @@ class Stop:
 
     def _handle(self, signum, frame):
         self.signal = signum
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
 
     def __bool__(self):
         return self.signal is not None
@@ -207,13 +252,19 @@ class Run:
     last_good: int = None     # step of the last checkpoint saved
 
 
-def save(run, step, terms):
-    """Checkpoint after checking the loss it would keep is finite; rank 0 only."""
-    check_finite(training.mean_terms(terms), step, run.dir, run.last_good)
+def save(run, step):
+    """Checkpoint the parameters after checking they are finite, and the logs up to `step` with them; rank 0 only."""
+    check_parameters(step, run)
     if run.rank == 0:
+        run.log.sync()
         state = {"step": step, "config": dataclasses.asdict(run.config), "model": run.model.config.to_dict(),
                  "max_context": run.k, "time": time.time()}
-        checkpoint.save_checkpoint(os.path.join(run.dir, "checkpoint"), run.model, run.trainer, state)
+        directory = os.path.join(run.dir, "checkpoint")
+        try:
+            checkpoint.save_checkpoint(directory, run.model, run.trainer, state)
+        except (OSError, mx.base.MXNetError) as error:
+            reason = error.strerror if isinstance(error, OSError) else str(error).strip().splitlines()[0]
+            raise WriteFailed("cannot write the checkpoint of step %d to %s (%s)" % (step, directory, reason))
     run.last_good = step
 
 
@@ -237,7 +288,7 @@ def train(run, step, stop):
         bar.update(1)
         if step % config.log_every == 0:
             values = training.mean_terms(terms)
-            check_finite(values, step, run.dir, run.last_good)
+            check_finite(values, step, run)
             speed = (step - tick_step) * config.batch_size / (time.time() - tick)
             tick, tick_step = time.time(), step
             log.scalars("train", dict(values, samples_per_s=speed), step)
@@ -247,10 +298,10 @@ def train(run, step, stop):
         if step % config.val_every == 0 and run.rank == 0:
             run_validation(run, step, sigma)
         if step % config.checkpoint_every == 0:
-            save(run, step, terms)
+            save(run, step)
     bar.close()
     if terms is not None and run.last_good != step:
-        save(run, step, terms)
+        save(run, step)
         if run.rank == 0:
             run_validation(run, step, sigma_at(step))
     return step
@@ -290,16 +341,32 @@ def build(config, model_config, ctxs, kv):
     return model, trainer
 
 
-def main(argv=None):
-    args, config, model_values = parse_args(argv)
-    found = None
-    if args.resume:
-        found, config, model_values = resume_config(args, config, argv)
-    run_dir = args.resume or args.run_dir or new_run_dir(config.log_dir, config.dataset, config.run_suffix)
-    if not args.resume and checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint")):
+def claim_run_dir(run_dir, resume):
+    """Lock the run directory (one trainer per run), refuse a new run over a finished one, and remove what cut
+    saves left; -> the lock, held until the process ends."""
+    try:
+        lock = RunLock(run_dir)
+    except RunLocked as error:
+        raise SystemExit("train_gqn.py: %s" % error)
+    directory = os.path.join(run_dir, "checkpoint")
+    if not resume and checkpoint.find_checkpoint(directory):
         raise SystemExit("train_gqn.py: --run-dir %s already holds a run; continue it with --resume %s, or choose "
                          "another directory" % (run_dir, run_dir))
+    checkpoint.remove_stale(directory)
+    return lock
+
+
+def main(argv=None):
+    args, config, model_values = parse_args(argv)
+    if args.resume:
+        if args.run_dir:
+            raise SystemExit("train_gqn.py: --run-dir %s with --resume %s: --resume names the run directory; give it "
+                             "alone" % (args.run_dir, args.resume))
+        # read before the lock: the kvstore decides which process takes it; the lock then refuses a second trainer
+        config, model_values = resume_config(args, config, model_values, argv)
+    run_dir = args.resume or args.run_dir or new_run_dir(config.log_dir, config.dataset, config.run_suffix)
     kv, rank, num_workers = training.make_kvstore(config.kvstore)
+    lock = claim_run_dir(run_dir, args.resume) if rank == 0 else None  # noqa: F841  held while the process lives
     ctxs = devices(config)
     try:
         training.check_micro_batch(config.batch_size // len(ctxs), config.micro_batch)
@@ -316,34 +383,49 @@ def main(argv=None):
     k = max_context(config, manifest)
     model_config = core.ModelConfig(**dict(model_values, image_size=manifest["frame_size"]))
     model, trainer = build(config, model_config, ctxs, kv)
+    found = checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint")) if args.resume else None
     step = checkpoint.load_checkpoint(found, model, trainer, ctxs)["step"] if found else 0
     if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump({"config": dataclasses.asdict(config), "model": model_config.to_dict()}, f, indent=1)
         print("run %s (%s step %d)\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
                                                json.dumps(dataclasses.asdict(config)),
                                                json.dumps(model_config.to_dict())), flush=True)
+    try:
+        log = RunLog(run_dir, rank == 0, step)
+    except WriteFailed as error:
+        raise SystemExit("train_gqn.py: %s" % error)
     per_device = config.micro_batch or config.batch_size // len(ctxs)
     try:
         val, val_masks = training.validation_batches(root, config.val_scenes, k, per_device, ctxs[0])
     except ValueError as error:
         raise SystemExit("train_gqn.py: %s" % error)
     run = Run(config, model, trainer, ctxs, root, k, rank, run_dir, last_good=step if found else None,
-              val=val, val_masks=val_masks, log=RunLog(run_dir, rank == 0))
+              val=val, val_masks=val_masks, log=log)
     stop = Stop()
     try:
         step = train(run, step, stop)
     except NonFiniteLoss as error:
         raise SystemExit("train_gqn.py: %s" % error)
+    except WriteFailed as error:
+        raise SystemExit("train_gqn.py: %s; stopping. %s; when it can be written again, %s"
+                         % (error, last_good(run), advice(run)))
     finally:
-        run.log.close()
+        log.close()
+    finish(run, step, stop, num_workers)
+
+
+def finish(run, step, stop, num_workers):
+    """Per-worker parameters of a dist_* run, the curves, and the exit status: 128 + the signal's number after a
+    signal, so a script tells an interrupted run from a finished one."""
     if num_workers > 1:
-        model.save_parameters(os.path.join(run_dir, "rank%d.params" % rank))
-    if rank == 0:
-        plot_curves(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "curves.png"), run_dir)
+        run.model.save_parameters(os.path.join(run.dir, "rank%d.params" % run.rank))
+    if run.rank == 0:
+        plot_curves(os.path.join(run.dir, "metrics.jsonl"), os.path.join(run.dir, "curves.png"), run.dir)
         print("stopped at step %d%s; run in %s (curves.png, val-grid-latest.png)"
-              % (step, " (signal %d)" % stop.signal if stop else "", run_dir))
+              % (step, " (signal %d)" % stop.signal if stop else "", run.dir))
+    if stop:
+        raise SystemExit(128 + stop.signal)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,74 @@
-"""Checkpoints written atomically: parameters, trainer state and a JSON state (step, config, ...) in one folder."""
+"""Checkpoints written atomically and durably: parameters, trainer state and a JSON state (step, config, ...) in one
+folder, which a kill or power cut at any moment leaves either the old or the new one, never a mixture."""
+import glob
 import json
 import os
 import shutil
 import tempfile
 
 PARAMS, TRAINER, STATE = "model.params", "trainer.states", "state.json"
+TEMP_PREFIX = ".checkpoint-"
+
+
+def fsync_path(path):
+    """Push a written file's (or a directory's entries') data to the disk, so a rename of it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path, data):
+    """Replace the file `path` by the bytes `data` so that a cut leaves the old or the new file, also after a
+    power cut."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
 def save_checkpoint(directory, model, trainer, state):
-    """Write `directory` (e.g. RUN/checkpoint) as a whole or not at all: files go to a sibling temporary folder,
-    which then replaces the old checkpoint by renames."""
+    """Write `directory` (e.g. RUN/checkpoint) as a whole or not at all.
+
+    The files go to a sibling temporary folder and are synced; then `directory` becomes `directory.old`, the
+    temporary folder becomes `directory`, and `.old` is removed. A cut anywhere leaves `directory` (complete, as
+    it only ever appears by a rename of a synced folder), or only `.old` (between the two renames); find_checkpoint
+    reads both cases. On an error the temporary folder is removed and the error raised: the last checkpoint stays.
+    """
     parent = os.path.dirname(os.path.abspath(directory))
-    tmp = tempfile.mkdtemp(prefix=".checkpoint-", dir=parent)
-    model.save_parameters(os.path.join(tmp, PARAMS))
-    trainer.save_states(os.path.join(tmp, TRAINER))
-    with open(os.path.join(tmp, STATE), "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
+    tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent)
+    try:
+        model.save_parameters(os.path.join(tmp, PARAMS))
+        trainer.save_states(os.path.join(tmp, TRAINER))
+        with open(os.path.join(tmp, STATE), "w") as f:
+            json.dump(state, f, indent=1, sort_keys=True)
+        for name in (PARAMS, TRAINER, STATE):
+            fsync_path(os.path.join(tmp, name))
+        fsync_path(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = directory + ".old"
-    if os.path.exists(directory):
+    if os.path.exists(os.path.join(directory, STATE)):
+        shutil.rmtree(old, ignore_errors=True)  # left by a cut save; `directory` is the newer complete one
         os.replace(directory, old)
     os.replace(tmp, directory)
+    fsync_path(parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale(directory):
+    """Remove what cut saves of `directory` left: temporary folders, and `.old` when `directory` is complete.
+    Only for the run's one writer (it holds the run directory's lock)."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    for tmp in glob.glob(os.path.join(parent, glob.escape(TEMP_PREFIX) + "*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.exists(os.path.join(directory, STATE)):
+        shutil.rmtree(directory + ".old", ignore_errors=True)
 
 
 def find_checkpoint(directory):

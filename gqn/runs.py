@@ -1,40 +1,125 @@
-"""A training run's directory: its log (TensorBoard, metrics.jsonl, grids), its name, and its model read back."""
+"""A training run's directory: its lock, its log (TensorBoard, metrics.jsonl, grids), its name, and its model read
+back."""
+import fcntl
+import glob
 import json
 import os
 import time
+from contextlib import contextmanager
 
 from gqn import checkpoint, images
+from gqn.checkpoint import write_atomically
 from gqn.datasets import dataset_root
+from gqn.events import EventFile, truncate_events
+
+
+class WriteFailed(Exception):
+    """A file of the run could not be written (a full disk, ...): the run stops, its last checkpoint stays good."""
+
+
+@contextmanager
+def writing(path):
+    try:
+        yield
+    except OSError as error:
+        raise WriteFailed("cannot write %s (%s)" % (path, error.strerror or error)) from error
+
+
+class RunLock:
+    """RUN/.lock held for this process's life with flock: one trainer per run directory. The kernel releases it
+    however the process ends, so a killed trainer never leaves a stale lock."""
+
+    def __init__(self, run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+        path = os.path.join(run_dir, ".lock")
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise RunLocked("%s is in use by process %s (the lock %s is held); wait for that trainer to end or "
+                            "stop it" % (run_dir, holder, path)) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, b"%d\n" % os.getpid(), 0)
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+def keep_until(path, step):
+    """Rewrite metrics.jsonl without the records of steps after `step` (and a line cut by a kill)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step and line.endswith("\n"):
+                kept.append(line)
+        except ValueError:  # a line cut by a kill
+            pass
+    if len(kept) < len(lines):
+        write_atomically(path, "".join(kept).encode())
 
 
 class RunLog:
-    """Where a run's numbers go: mxboard (TensorBoard), metrics.jsonl and PNG grids; only rank 0 writes."""
+    """Where a run's numbers go: TensorBoard events, metrics.jsonl and PNG grids; only rank 0 writes.
 
-    def __init__(self, run_dir, enabled):
+    A run (re)starting at `step` first drops what a killed run logged after its checkpoint at that step, so that
+    each step appears once. Writes reach the kernel at once (a kill loses nothing); sync() makes them durable
+    and runs before each checkpoint. A failed write raises WriteFailed naming the file.
+    """
+
+    def __init__(self, run_dir, enabled, step=0):
         self.run_dir, self.enabled = run_dir, enabled
-        self.writer = None
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         if enabled:
-            from mxboard import SummaryWriter
-            self.writer = SummaryWriter(logdir=run_dir, flush_secs=10)
+            with writing(run_dir):
+                keep_until(self.metrics_path, step)
+                truncate_events(run_dir, step)
+                for path in glob.glob(os.path.join(run_dir, "val-grid-[0-9]*.png")):
+                    if int(os.path.basename(path)[len("val-grid-"):-len(".png")]) > step:
+                        os.remove(path)
+                self.events = EventFile(run_dir, step)
+                self.metrics = open(self.metrics_path, "a")
 
     def scalars(self, prefix, values, step):
         if not self.enabled:
             return
-        for name, value in values.items():
-            self.writer.add_scalar("%s/%s" % (prefix, name), value, global_step=step)
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(dict(values, step=step, kind=prefix)) + "\n")
+        with writing(self.events.path):
+            for name, value in values.items():
+                self.events.scalar("%s/%s" % (prefix, name), value, step)
+        with writing(self.metrics_path):
+            self.metrics.write(json.dumps(dict(values, step=step, kind=prefix)) + "\n")
+            self.metrics.flush()
 
     def grid(self, grid, step):
         if not self.enabled:
             return
-        images.save_png(grid, os.path.join(self.run_dir, "val-grid-%07d.png" % step))
-        images.save_png(grid, os.path.join(self.run_dir, "val-grid-latest.png"))
-        self.writer.add_image("val/grid", grid.transpose(2, 0, 1), global_step=step)
+        for path in (os.path.join(self.run_dir, "val-grid-%07d.png" % step),
+                     os.path.join(self.run_dir, "val-grid-latest.png")):
+            with writing(path):
+                images.save_png(grid, path)
+        with writing(self.events.path):
+            self.events.image("val/grid", grid.transpose(2, 0, 1), step)
+
+    def sync(self):
+        if self.enabled:
+            for path, f in ((self.events.path, self.events.file), (self.metrics_path, self.metrics)):
+                with writing(path):
+                    os.fsync(f.fileno())
 
     def close(self):
-        if self.writer is not None:
-            self.writer.close()
+        """Close the files; every write was flushed when made and a failure raised then, so none is raised here."""
+        if self.enabled:
+            for f in (self.events.file, self.metrics):
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
 
 def new_run_dir(log_dir, dataset, suffix=""):
