@@ -27,7 +27,7 @@ import core
 from gqn import amp, checkpoint, training
 from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, dataset_root
 from gqn.plots import plot_curves
-from gqn.runs import RunLock, RunLocked, RunLog, WriteFailed, new_run_dir
+from gqn.runs import RunLock, RunLocked, RunLog, WriteFailed, new_run_dir, writing
 from gqn.schedules import linear_anneal
 from gqn.synthetic import ensure_synthetic
 
@@ -263,7 +263,7 @@ def save(run, step):
         try:
             checkpoint.save_checkpoint(directory, run.model, run.trainer, state)
         except (OSError, mx.base.MXNetError) as error:
-            reason = error.strerror if isinstance(error, OSError) else str(error).strip().splitlines()[0]
+            reason = error.strerror if isinstance(error, OSError) else str(error).strip().splitlines()[-1]
             raise WriteFailed("cannot write the checkpoint of step %d to %s (%s)" % (step, directory, reason))
     run.last_good = step
 
@@ -385,16 +385,18 @@ def main(argv=None):
     model, trainer = build(config, model_config, ctxs, kv)
     found = checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint")) if args.resume else None
     step = checkpoint.load_checkpoint(found, model, trainer, ctxs)["step"] if found else 0
-    if rank == 0:
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump({"config": dataclasses.asdict(config), "model": model_config.to_dict()}, f, indent=1)
-        print("run %s (%s step %d)\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
-                                               json.dumps(dataclasses.asdict(config)),
-                                               json.dumps(model_config.to_dict())), flush=True)
     try:
+        if rank == 0:
+            with writing(os.path.join(run_dir, "config.json")) as path:
+                checkpoint.write_atomically(path, json.dumps(
+                    {"config": dataclasses.asdict(config), "model": model_config.to_dict()}, indent=1).encode())
         log = RunLog(run_dir, rank == 0, step)
     except WriteFailed as error:
         raise SystemExit("train_gqn.py: %s" % error)
+    if rank == 0:
+        print("run %s (%s step %d)\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
+                                               json.dumps(dataclasses.asdict(config)),
+                                               json.dumps(model_config.to_dict())), flush=True)
     per_device = config.micro_batch or config.batch_size // len(ctxs)
     try:
         val, val_masks = training.validation_batches(root, config.val_scenes, k, per_device, ctxs[0])

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from gqn import checkpoint, images
 from gqn.checkpoint import write_atomically
 from gqn.datasets import dataset_root
-from gqn.events import EventFile, truncate_events
 
 
 class WriteFailed(Exception):
@@ -19,29 +18,32 @@ class WriteFailed(Exception):
 
 @contextmanager
 def writing(path):
+    """-> path; an OSError inside becomes WriteFailed naming `path`."""
     try:
-        yield
+        yield path
     except OSError as error:
         raise WriteFailed("cannot write %s (%s)" % (path, error.strerror or error)) from error
 
 
 class RunLock:
-    """RUN/.lock held for this process's life with flock: one trainer per run directory. The kernel releases it
-    however the process ends, so a killed trainer never leaves a stale lock."""
+    """RUN/.lock held with flock while this object lives (at most the process's life): one trainer per run
+    directory. The kernel releases it however the process ends, so a killed trainer leaves no stale lock."""
 
     def __init__(self, run_dir):
         os.makedirs(run_dir, exist_ok=True)
         path = os.path.join(run_dir, ".lock")
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.file = open(path, "a+")
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self.fd)
-            raise RunLocked("%s is in use by process %s (the lock %s is held); wait for that trainer to end or "
-                            "stop it" % (run_dir, holder, path)) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, b"%d\n" % os.getpid(), 0)
+            self.file.seek(0)
+            holder = self.file.read(32).strip() or "unknown"
+            self.file.close()
+            raise RunLocked("%s is in use by process %s (it holds %s); wait for that trainer to end or stop it"
+                            % (run_dir, holder, path)) from None
+        self.file.truncate(0)
+        self.file.write("%d\n" % os.getpid())
+        self.file.flush()
 
 
 class RunLocked(RuntimeError):
@@ -77,6 +79,7 @@ class RunLog:
         self.run_dir, self.enabled = run_dir, enabled
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         if enabled:
+            from gqn.events import EventFile, truncate_events  # mxboard's protos clash with tensorboard's: not on import
             with writing(run_dir):
                 keep_until(self.metrics_path, step)
                 truncate_events(run_dir, step)
