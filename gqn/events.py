@@ -45,9 +45,6 @@ def truncate_events(run_dir, step):
     """Drop the events of steps after `step` from the run's event files (written by a run killed after its
     checkpoint at `step`), so that a resumed run logs each step once."""
     for path in sorted(glob.glob(os.path.join(run_dir, PATTERN))):
-        if path.endswith(".tmp"):
-            os.remove(path)  # left by a cut write_atomically: the file it was replacing is whole
-            continue
         events, whole = read_events(path)
         kept = [e for e in events if e.step <= step]
         if len(kept) < len(events) or not whole:

@@ -79,8 +79,10 @@ class RunLog:
         self.run_dir, self.enabled = run_dir, enabled
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         if enabled:
-            from gqn.events import EventFile, truncate_events  # mxboard's protos clash with tensorboard's: not on import
+            from gqn.events import EventFile, truncate_events  # late: mxboard's protos clash with tensorboard's
             with writing(run_dir):
+                for path in glob.glob(os.path.join(run_dir, "*.tmp")):
+                    os.remove(path)  # left by a cut write_atomically: the file it was replacing is whole
                 keep_until(self.metrics_path, step)
                 truncate_events(run_dir, step)
                 for path in glob.glob(os.path.join(run_dir, "val-grid-[0-9]*.png")):

@@ -121,12 +121,11 @@ def test_a_save_cut_anywhere_leaves_a_whole_checkpoint_and_the_next_save_works(t
             with open(os.path.join(found, name)) as f:
                 assert f.read() == text % step, (cut, name)
         outcomes.add((step, os.path.isdir(directory), os.path.isdir(directory + ".old")))
-        checkpoint.remove_stale(directory)  # what the next trainer does once it holds the lock
         save(directory, 3)
         assert checkpoint.load_state(checkpoint.find_checkpoint(directory))["step"] == 3
+        checkpoint.remove_stale(directory)  # what the next trainer does once it holds the lock
         assert leftovers(tmp_path / "run") == [], cut
         cut += 1
-    assert cut > 10
     # every kind of cut was met: before the first rename, between the renames, with both folders (issue 8)
     assert {(1, True, False), (1, False, True), (2, True, True)} <= outcomes, outcomes
 
@@ -176,7 +175,7 @@ def wait_for_step(run, step, proc):
     """Until the run has logged `step` (or ended)."""
     deadline = time.time() + 60
     while proc.poll() is None and time.time() < deadline:
-        if any(r["step"] >= step for r in records(run)):
+        if os.path.exists(run / "metrics.jsonl") and any(r["step"] >= step for r in records(run)):
             return
         time.sleep(0.02)
 
@@ -387,7 +386,7 @@ def test_a_second_trainer_on_a_running_run_is_refused_then_signals_end_the_first
         while checkpoint.find_checkpoint(str(run / "checkpoint")) is None and time.time() < deadline:
             time.sleep(0.1)
         for flags in (["--resume", run], ["--run-dir", run]):
-            status, message = main(*flags)
+            status, message = main(*flags, "--max-steps", 3)
             assert status == 1 and "%s is in use by process %d" % (run, first.pid) in message, message
         first.send_signal(signal.SIGTERM)
         out = first.communicate(timeout=60)[0]

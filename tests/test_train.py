@@ -185,8 +185,9 @@ def test_loss_falls_when_overfitting_a_few_scenes(data_dir, tmp_path):
 
 @pytest.mark.parametrize("signum, workers, group", [(signal.SIGINT, 0, False), (signal.SIGINT, 2, True),
                                                     (signal.SIGTERM, 2, True)])
-def test_a_signal_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path, signum, workers, group):
-    """To the trainer alone, or to its whole process group with loader workers (Ctrl-C; pkill -f)."""
+def test_a_signal_saves_a_checkpoint_and_exits_with_its_status(data_dir, tmp_path, signum, workers, group):
+    """To the trainer alone, or to its whole process group with loader workers (Ctrl-C; pkill -f): a checkpoint,
+    then 128 + the signal's number (130, 143), so a script tells an interrupted run from a finished one."""
     run = tmp_path / "run"
     cmd = [sys.executable, os.path.join(ROOT, "train_gqn.py"), "--dry-run", "--data-dir", str(data_dir),
            "--run-dir", str(run), "--max-steps", 100000, "--checkpoint-every", 100000, "--val-every", 100000,
@@ -206,7 +207,7 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path, signu
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 128 + signum, err[-2000:]
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["step"] > 0 and "signal %d" % signum in out
 
