@@ -11,6 +11,7 @@ from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flush
 cpu.setup()
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import signal
@@ -24,10 +25,10 @@ from mxnet import gluon
 from tqdm import tqdm
 
 import core
-from gqn import amp, checkpoint, training
+from gqn import amp, checkpoint, locks, training
 from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, dataset_root
 from gqn.plots import plot_curves
-from gqn.runs import RunLock, RunLocked, RunLog, WriteFailed, new_run_dir, writing
+from gqn.runs import RunLog, WriteFailed, new_run_dir, writing
 from gqn.schedules import linear_anneal
 from gqn.synthetic import ensure_synthetic
 
@@ -38,6 +39,7 @@ def _flag_bool(text):
     return text.lower() in ("1", "true", "yes")
 
 
+LOCK = ".lock"  # RUN/.lock, held by the run's trainer (gqn/locks.py)
 arg = core.option  # a field with its flag's help; the model's flags come from core.ModelConfig the same way
 MODEL_FLAGS = [f for f in dataclasses.fields(core.ModelConfig) if f.name != "image_size"]  # size: from the data
 
@@ -341,21 +343,6 @@ def build(config, model_config, ctxs, kv):
     return model, trainer
 
 
-def claim_run_dir(run_dir, resume):
-    """Lock the run directory (one trainer per run), refuse a new run over a finished one, and remove what cut
-    saves left; -> the lock, held until the process ends."""
-    try:
-        lock = RunLock(run_dir)
-    except RunLocked as error:
-        raise SystemExit("train_gqn.py: %s" % error)
-    directory = os.path.join(run_dir, "checkpoint")
-    if not resume and checkpoint.find_checkpoint(directory):
-        raise SystemExit("train_gqn.py: --run-dir %s already holds a run; continue it with --resume %s, or choose "
-                         "another directory" % (run_dir, run_dir))
-    checkpoint.remove_stale(directory)
-    return lock
-
-
 def main(argv=None):
     args, config, model_values = parse_args(argv)
     if args.resume:
@@ -366,7 +353,29 @@ def main(argv=None):
         config, model_values = resume_config(args, config, model_values, argv)
     run_dir = args.resume or args.run_dir or new_run_dir(config.log_dir, config.dataset, config.run_suffix)
     kv, rank, num_workers = training.make_kvstore(config.kvstore)
-    lock = claim_run_dir(run_dir, args.resume) if rank == 0 else None  # noqa: F841  held while the process lives
+    held = contextlib.ExitStack()
+    if rank == 0:  # one trainer per run directory; the other workers of a dist_* run only read it
+        try:
+            held.enter_context(locks.directory_lock(run_dir, LOCK))
+        except locks.DirectoryLocked as error:
+            raise SystemExit("train_gqn.py: %s: another trainer runs there; wait for it to end or stop it" % error)
+    with held:
+        if rank == 0:
+            claim_run_dir(run_dir, args.resume)
+        start(args, config, model_values, run_dir, kv, rank, num_workers)
+
+
+def claim_run_dir(run_dir, resume):
+    """Refuse a new run over a finished one; remove what cut saves left (this process holds the lock)."""
+    directory = os.path.join(run_dir, "checkpoint")
+    if not resume and checkpoint.find_checkpoint(directory):
+        raise SystemExit("train_gqn.py: --run-dir %s already holds a run; continue it with --resume %s, or choose "
+                         "another directory" % (run_dir, run_dir))
+    checkpoint.remove_stale(directory)
+
+
+def start(args, config, model_values, run_dir, kv, rank, num_workers):
+    """Data, model, the run's log, the loop, and the run's end."""
     ctxs = devices(config)
     try:
         training.check_micro_batch(config.batch_size // len(ctxs), config.micro_batch)

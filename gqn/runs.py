@@ -1,6 +1,4 @@
-"""A training run's directory: its lock, its log (TensorBoard, metrics.jsonl, grids), its name, and its model read
-back."""
-import fcntl
+"""A training run's directory: its log (TensorBoard, metrics.jsonl, grids), its name, and its model read back."""
 import glob
 import json
 import os
@@ -23,31 +21,6 @@ def writing(path):
         yield path
     except OSError as error:
         raise WriteFailed("cannot write %s (%s)" % (path, error.strerror or error)) from error
-
-
-class RunLock:
-    """RUN/.lock held with flock while this object lives (at most the process's life): one trainer per run
-    directory. The kernel releases it however the process ends, so a killed trainer leaves no stale lock."""
-
-    def __init__(self, run_dir):
-        os.makedirs(run_dir, exist_ok=True)
-        path = os.path.join(run_dir, ".lock")
-        self.file = open(path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read(32).strip() or "unknown"
-            self.file.close()
-            raise RunLocked("%s is in use by process %s (it holds %s); wait for that trainer to end or stop it"
-                            % (run_dir, holder, path)) from None
-        self.file.truncate(0)
-        self.file.write("%d\n" % os.getpid())
-        self.file.flush()
-
-
-class RunLocked(RuntimeError):
-    pass
 
 
 def keep_until(path, step):

@@ -387,7 +387,7 @@ def test_a_second_trainer_on_a_running_run_is_refused_then_signals_end_the_first
             time.sleep(0.1)
         for flags in (["--resume", run], ["--run-dir", run]):
             status, message = main(*flags, "--max-steps", 3)
-            assert status == 1 and "%s is in use by process %d" % (run, first.pid) in message, message
+            assert status == 1 and "%s is in use by pid %d" % (run, first.pid) in message, message
         first.send_signal(signal.SIGTERM)
         out = first.communicate(timeout=60)[0]
     finally:
