@@ -346,11 +346,11 @@ def build(config, model_config, ctxs, kv):
 def main(argv=None):
     args, config, model_values = parse_args(argv)
     if args.resume:
+        # read before the lock: the kvstore decides which process takes it; the lock then refuses a second trainer
+        config, model_values = resume_config(args, config, model_values, argv)
         if args.run_dir:
             raise SystemExit("train_gqn.py: --run-dir %s with --resume %s: --resume names the run directory; give it "
                              "alone" % (args.run_dir, args.resume))
-        # read before the lock: the kvstore decides which process takes it; the lock then refuses a second trainer
-        config, model_values = resume_config(args, config, model_values, argv)
     run_dir = args.resume or args.run_dir or new_run_dir(config.log_dir, config.dataset, config.run_suffix)
     kv, rank, num_workers = training.make_kvstore(config.kvstore)
     held = contextlib.ExitStack()
