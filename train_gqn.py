@@ -321,9 +321,9 @@ def main(argv=None):
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump({"config": dataclasses.asdict(config), "model": model_config.to_dict()}, f, indent=1)
-        print("run %s (%s step %d)\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
+        print("run %s (%s step %d)\n%s\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
                                                json.dumps(dataclasses.asdict(config)),
-                                               json.dumps(model_config.to_dict())), flush=True)
+                                               json.dumps(model_config.to_dict()), cpu.isa()), flush=True)
     per_device = config.micro_batch or config.batch_size // len(ctxs)
     try:
         val, val_masks = training.validation_batches(root, config.val_scenes, k, per_device, ctxs[0])

@@ -14,8 +14,9 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 PRELUDE = """
 import json, os, sys
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 sys.path[:0] = [%r, %r]
+from gqn import cpu
+cpu.setup()  # as every entry point: OpenMP threads, denormals, AMX where the CPU has it
 import mxnet as mx
 import numpy as np
 import core
