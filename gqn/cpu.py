@@ -2,7 +2,10 @@
 
 OpenMP threads. MXNet runs one OpenMP thread per two cores unless told otherwise (it assumes hyper-threading);
 on a CPU without it that halves convolution speed (a 5x5 conv: 65 -> 112 GFLOP/s on 2 cores). setup() makes it
-one per core; a user's OMP_NUM_THREADS wins.
+one per core; a user's OMP_NUM_THREADS wins. Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of
+spinning: each of the thousands of small parallel regions of a step waits for its slowest thread, and when other
+processes share the cores a spinning thread burns the time slice its partner needs (cpu-demo step at load 7 on 2
+cores: 5.96 s spinning, 0.31 s passive, bench/bench_step.py). A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 
 Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift
 into the denormal range (below 1.2e-38), where each x86 float operation takes ~100 cycles instead of one. A
@@ -53,12 +56,14 @@ def _function(code):
 
 
 def setup():
-    """OpenMP threads = cores (unless OMP_NUM_THREADS is set) and denormals flushed -> whether they are.
+    """OpenMP threads = cores, sleeping when idle, and denormals flushed -> whether they are.
 
     GQN_DENORMALS=keep leaves the CPU's denormal handling alone (bench/denormals.py compares the two).
     AMX tiles are requested and oneDNN pointed at them where the CPU has them (see the module docstring).
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    if "GOMP_SPINCOUNT" not in os.environ:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     enable_amx(cpu_flags())
     if os.environ.get("GQN_DENORMALS", "flush") == "keep":
         return False
@@ -127,11 +132,16 @@ def enable_amx(flags, environ=os.environ):
     return True
 
 
+def amx_active(environ=os.environ):
+    """Whether oneDNN in this process runs bf16 on AMX: tiles granted by setup() and the ISA cap left at AMX."""
+    return _amx["granted"] and environ.get("DNNL_MAX_CPU_ISA", "").upper() == AMX_ISA
+
+
 def isa(flags=None, environ=os.environ):
     """One line naming the instruction set of oneDNN's bf16 and fp32 kernels in this process, and why."""
     flags = cpu_flags() if flags is None else flags
     cap = environ.get("DNNL_MAX_CPU_ISA")
-    if _amx["granted"] and (cap or "").upper() == AMX_ISA:
+    if amx_active(environ):
         return "oneDNN ISA: avx512_core_amx (AMX tiles granted, DNNL_MAX_CPU_ISA=%s): bf16 on AMX" % cap
     reason = "no AMX"
     if wants_amx(flags):

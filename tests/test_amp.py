@@ -105,3 +105,26 @@ def test_amp_dtype_per_device():
     import mxnet as mx
     from gqn import amp
     assert amp.dtype_for(mx.cpu()) == "bfloat16" and amp.dtype_for(mx.gpu(0)) == "float16"
+
+
+def test_precision_is_bf16_only_where_onednn_has_amx(monkeypatch):
+    sys.path.insert(0, os.path.dirname(TESTS))
+    import mxnet as mx
+    import train_gqn
+    from gqn import amp, cpu
+    monkeypatch.setattr(cpu, "amx_active", lambda: False)
+    assert amp.preferred(mx.cpu())[0] is False and amp.preferred(mx.gpu(0))[0] is False
+    _, config, _ = train_gqn.parse_args(["--dry-run"])
+    assert config.amp is None and train_gqn.choose_precision(config, mx.cpu())[0] is False
+    monkeypatch.setattr(cpu, "amx_active", lambda: True)
+    assert amp.preferred(mx.cpu()) == (True, "bf16: oneDNN runs it on AMX")
+    assert train_gqn.choose_precision(config, mx.cpu())[0] is True
+    for flag, on in (("0", False), ("1", True)):  # an explicit flag wins either way
+        _, config, _ = train_gqn.parse_args(["--dry-run", "--amp", flag])
+        assert train_gqn.choose_precision(config, mx.cpu()) == (on, "%s: --amp %s" % ("mixed" if on else "fp32", flag))
+
+
+def test_amx_active_here_matches_the_cpu_flags():
+    sys.path.insert(0, os.path.dirname(TESTS))
+    from gqn import cpu  # conftest.py ran cpu.setup()
+    assert cpu.amx_active() == (cpu.wants_amx(cpu.cpu_flags()) and cpu.request_amx_permission())

@@ -138,3 +138,16 @@ def test_bf16_step_runs_avx512_bf16_kernels_without_amx():
     kernels, line = bf16_conv_kernels()
     assert "avx512_core_bf16" in line, line
     assert any("avx512_core_bf16" in k for k in kernels) and not any("amx" in k for k in kernels), kernels
+
+
+def test_setup_makes_idle_openmp_threads_sleep_unless_the_user_chose():
+    code = "import os; from gqn import cpu; cpu.setup(); print(os.environ.get('OMP_WAIT_POLICY'))"
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def policy(**env):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                              env=dict(clean, **env))
+        return done.stdout.strip()
+    assert policy() == "PASSIVE"
+    assert policy(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert policy(GOMP_SPINCOUNT="10000") == "None"  # a spin count only means something to active waiting
