@@ -22,8 +22,10 @@ import numpy as np
 import core
 from gqn import amp
 from test_core import SMALL, loss_and_grads, make_inputs, make_model
+sys.path.insert(0, os.path.join(%r, "bench"))
+import flops
 config = core.ModelConfig(**SMALL)
-""" % (TESTS, os.path.dirname(TESTS))
+""" % (TESTS, os.path.dirname(TESTS), os.path.dirname(TESTS))
 
 GRAPH = PRELUDE + """
 amp.init(mx.cpu(), check=False)  # graph building and type inference need no bf16 kernels
@@ -33,7 +35,12 @@ graph = mx.sym.Group([mean, kl]).get_internals()
 _, types, _ = graph.infer_type(**{n: "float32" for n in names})
 types = {name: np.dtype(t).str if np.dtype(t).names is None else np.dtype(t).names[0]
          for name, t in zip(graph.list_outputs(), types)}
-print(json.dumps(types))
+shapes = dict(zip(graph.list_outputs(), graph.infer_shape(**flops.input_shapes(config, 2, 3))[1]))
+nodes = json.loads(graph.tojson())["nodes"]
+def output(node):
+    return node["name"] if node["op"] == "null" else node["name"] + "_output"
+channels = [shapes[output(nodes[n["inputs"][0][0]])][1] for n in nodes if n["op"] == "Convolution"]
+print(json.dumps({"types": types, "conv_input_channels": channels}))
 """
 
 GRADIENTS = PRELUDE + """
@@ -75,9 +82,14 @@ def run(script):
 
 
 def test_amp_graph_casts_convolutions_and_concats_type_check():
-    types = run(GRAPH)  # infer_type raises on a Concat of mixed bf16/fp32 inputs (docs/mxnet-notes.md)
+    result = run(GRAPH)  # infer_type raises on a Concat of mixed bf16/fp32 inputs (docs/mxnet-notes.md)
+    types = result["types"]
     convs = [t for name, t in types.items() if re.search(r"conv\d+_fwd_output$|_convolution\d+_output$", name)]
-    assert len(convs) == 8 + 7 + 3 + 1 and set(convs) == {"bfloat16"}, convs  # tower, cores, L reads, write
+    # tower 8, cores 7, L reads, write; the 4 convolutions of concat(..., camera) are split in two (core.CatConv)
+    assert len(convs) == 8 + 7 + 3 + 1 + 4 and set(convs) == {"bfloat16"}, convs
+    # bf16 kernels need channels in multiples of 16: only the images (3) and cameras (7) and the SMALL config's
+    # generator step input (latent 8 + hidden 16) are not; with the camera concatenated, 32 + 7 = 39 would be there
+    assert set(c for c in result["conv_input_channels"] if c % 16) == {3, 7, 24}, result["conv_input_channels"]
     assert any("amp_multicast" in name for name in types)  # concats go through a cast to one type
     assert types[[name for name in types if name.startswith("gqn0_add_n")][-1]] == "<f4"  # the KL sum stays fp32
 
