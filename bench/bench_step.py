@@ -126,7 +126,8 @@ def main():
 
 
 def run_subprocess(args, batch, precision):
-    cmd = [sys.executable, __file__, "--one", "--preset", args.preset, "--batch", str(batch), "--context", str(args.context),
+    cmd = [sys.executable, __file__, "--one", "--preset", args.preset, "--batch", str(batch),
+           "--context", str(args.context),
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--canvas-read", str(args.canvas_read),
            "--precision", precision]
     cmd += ["--unshared"] if args.unshared else []

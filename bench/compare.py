@@ -55,7 +55,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--torch-python", required=True, help="python of a virtual environment with torch")
-    parser.add_argument("--cases", type=parse_case, nargs="+", default=[("paper", 8), ("paper", 36), ("cpu-demo", 16)],
+    parser.add_argument("--cases", type=parse_case, nargs="+",
+                        default=[("paper", 8), ("paper", 36), ("cpu-demo", 16)],
                         help="PRESET:BATCH measured (default: paper:8 paper:36 cpu-demo:16)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                         help="(default: fp32 bf16)")

@@ -165,7 +165,8 @@ def run_one(args):
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     step = statistics.median(times)
-    print(json.dumps({"batch": B, "preset": args.preset, "precision": args.precision, "s_per_step": step, "samples_per_s": B / step, "min": min(times),
+    print(json.dumps({"batch": B, "preset": args.preset, "precision": args.precision, "s_per_step": step,
+                      "samples_per_s": B / step, "min": min(times),
                       "max": max(times), "gflop": step_flops(B, args.x_channels) / 1e9,
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
                       "torch": torch.__version__, "threads": torch.get_num_threads()}))

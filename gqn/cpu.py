@@ -4,8 +4,8 @@ OpenMP threads. MXNet runs one OpenMP thread per two cores unless told otherwise
 on a CPU without it that halves convolution speed (a 5x5 conv: 65 -> 112 GFLOP/s on 2 cores). setup() makes it
 one per core; a user's OMP_NUM_THREADS wins. Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of
 spinning: each of the thousands of small parallel regions of a step waits for its slowest thread, and when other
-processes share the cores a spinning thread burns the time slice its partner needs (cpu-demo step at load 7 on 2
-cores: 5.96 s spinning, 0.31 s passive, bench/bench_step.py). A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+processes share the cores a spinning thread burns the time slice its partner needs (a cpu-demo step at load
+7-11 on 2 cores: 5.96 s spinning, 0.38 s passive). A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 
 Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift
 into the denormal range (below 1.2e-38), where each x86 float operation takes ~100 cycles instead of one. A

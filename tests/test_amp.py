@@ -133,7 +133,8 @@ def test_precision_is_bf16_only_where_onednn_has_amx(monkeypatch):
     assert train_gqn.choose_precision(config, mx.cpu())[0] is True
     for flag, on in (("0", False), ("1", True)):  # an explicit flag wins either way
         _, config, _ = train_gqn.parse_args(["--dry-run", "--amp", flag])
-        assert train_gqn.choose_precision(config, mx.cpu()) == (on, "%s: --amp %s" % ("mixed" if on else "fp32", flag))
+        why = "%s: --amp %s" % ("mixed" if on else "fp32", flag)
+        assert train_gqn.choose_precision(config, mx.cpu()) == (on, why)
 
 
 def test_amx_active_here_matches_the_cpu_flags():
