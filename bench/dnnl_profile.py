@@ -3,11 +3,12 @@
 Example: python bench/dnnl_profile.py --precision bf16 --batch 2
          python bench/dnnl_profile.py --preset cpu-demo --precision fp32 --batch 16
 
-Runs warm-up steps, then one step with oneDNN's verbose log on (MKLDNN_VERBOSE / DNNL_VERBOSE, switched on for
-the timed step only through mx.util.set_..., or the whole process if that is missing), and prints the time per
-(primitive, kernel) and the slowest individual (primitive, kernel, shapes/layouts) lines. The step runs in a
-subprocess so the log is that step's alone. `--wall` adds the step's wall time so the share outside oneDNN
-(MXNet's own operators, Python, the engine) shows.
+A subprocess runs two warm-up steps and then one more under oneDNN's verbose log (DNNL_VERBOSE=1, which prints
+each primitive with its kernel, layouts and milliseconds); the lines after a marker printed between them are that
+step's. Prints the step's wall time against its oneDNN time (the rest is MXNet's own operators, Python and the
+engine), the time per (primitive, kernel, propagation), and the slowest (primitive, kernel, layouts, problem)
+lines summed over their calls: reorders name their source and destination layouts and types, and a convolution
+on `x64:gemm:jit` instead of a blocked `jit` kernel shows its channel counts.
 """
 import os
 import sys
