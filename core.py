@@ -60,6 +60,44 @@ def _concat(F, *parts, mixed=False):
     return F.reshape(F.concat(*parts, dim=1), shape=(0, 0, 0, -3))         # (N, sum C_i, H, W, 1) -> 4-D
 
 
+class CatConv(HybridBlock):
+    """A convolution of the channel concat of its inputs: (N, C_i, H, W)... -> (N, O, H', W'); parameters as Conv2D.
+
+    Under mixed precision (`mixed`) it is computed, by linearity, as a convolution of the inputs whose channels
+    are multiples of 16 plus one of the others (the 7 camera channels), each with its slice of the one weight:
+    oneDNN's blocked bf16 kernels need channels in multiples of 16, and a single convolution of concat(r, camera)
+    fell back to its slow im2col + gemm kernel (`x64:gemm:jit`). In fp32 it is the one convolution of the concat,
+    as Conv2D computes it.
+    """
+
+    def __init__(self, in_channels, channels, kernel, use_bias=True, mixed=False, **kwargs):
+        super().__init__(**kwargs)
+        self._parts, self._channels, self._kernel, self._mixed = tuple(in_channels), channels, kernel, mixed
+        with self.name_scope():
+            self.weight = self.params.get("weight", shape=(channels, sum(in_channels), kernel, kernel),
+                                          allow_deferred_init=True)
+            self.bias = self.params.get("bias", shape=(channels,), init="zeros") if use_bias else None
+
+    def _conv(self, F, x, weight, bias):
+        pad = (self._kernel - 1) // 2
+        return F.Convolution(x, weight, bias, kernel=(self._kernel,) * 2, pad=(pad, pad), num_filter=self._channels,
+                             no_bias=bias is None)
+
+    def hybrid_forward(self, F, *parts, weight, bias=None):
+        if not self._mixed:
+            return self._conv(F, _concat(F, *parts), weight, bias)
+        begins = [sum(self._parts[:i]) for i in range(len(self._parts))]
+        slices = [F.slice_axis(weight, axis=1, begin=b, end=b + c) for b, c in zip(begins, self._parts)]
+        aligned = [i for i, c in enumerate(self._parts) if c % 16 == 0]
+        groups = [g for g in (aligned, [i for i in range(len(parts)) if i not in aligned]) if g]
+        outputs = []
+        for group in groups:
+            x = _concat(F, *[parts[i] for i in group], mixed=True) if len(group) > 1 else parts[group[0]]
+            w = F.concat(*[slices[i] for i in group], dim=1) if len(group) > 1 else slices[group[0]]
+            outputs.append(self._conv(F, x, w, bias if not outputs else None))  # (N, O, H', W')
+        return outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
+
+
 def _camera_map(F, camera, size):
     """(N, 7) camera -> (N, 7, size, size), the camera broadcast over a feature map."""
     return F.broadcast_to(F.reshape(camera, shape=(0, 0, 1, 1)), shape=(0, 0, size, size))
@@ -81,8 +119,8 @@ class Tower(HybridBlock):
             self.skip1 = _conv(r_channels, r_channels, 2, stride=2)
             self.conv2 = _conv(r_channels, half, 3)
             self.conv3 = _conv(half, r_channels, 2, stride=2)
-            self.skip2 = _conv(r_channels + CAMERA_DIMS, r_channels, 3)
-            self.conv4 = _conv(r_channels + CAMERA_DIMS, half, 3)
+            self.skip2 = CatConv((r_channels, CAMERA_DIMS), r_channels, 3, mixed=mixed)
+            self.conv4 = CatConv((r_channels, CAMERA_DIMS), half, 3, mixed=mixed)
             self.conv5 = _conv(half, r_channels, 3)
             self.conv6 = _conv(r_channels, r_channels, 1)
 
@@ -90,9 +128,9 @@ class Tower(HybridBlock):
         x = F.relu(self.conv1(x))                               # (N, R, H/2, W/2)
         skip = F.relu(self.skip1(x))                            # (N, R, h, w)
         x = F.relu(self.conv3(F.relu(self.conv2(x)))) + skip    # (N, R, h, w)
-        x = _concat(F, x, _camera_map(F, camera, self._size), mixed=self._mixed)  # (N, R+7, h, w)
-        skip = F.relu(self.skip2(x))
-        x = F.relu(self.conv5(F.relu(self.conv4(x)))) + skip    # (N, R, h, w)
+        camera = _camera_map(F, camera, self._size)            # (N, 7, h, w)
+        skip = F.relu(self.skip2(x, camera))                    # a conv of concat(x, camera): (N, R+7, h, w)
+        x = F.relu(self.conv5(F.relu(self.conv4(x, camera)))) + skip    # (N, R, h, w)
         return F.relu(self.conv6(x))
 
 
@@ -256,9 +294,10 @@ class GQN(HybridBlock):
         gates = 4 * c.hidden
         with self.name_scope():
             self.representation = REPRESENTATIONS[c.representation](c.r_channels, c.image_size, mixed_precision)
-            self.gen_const = _conv(CAMERA_DIMS + c.r_channels, cores * gates, c.kernel, use_bias=False)
-            self.inf_const = _conv(c.query_down_channels + CAMERA_DIMS + c.r_channels, cores * gates, c.kernel,
-                                   use_bias=False)
+            self.gen_const = CatConv((CAMERA_DIMS, c.r_channels), cores * gates, c.kernel, use_bias=False,
+                                     mixed=mixed_precision)
+            self.inf_const = CatConv((c.query_down_channels, CAMERA_DIMS, c.r_channels), cores * gates, c.kernel,
+                                     use_bias=False, mixed=mixed_precision)
             self.query_down = _conv(3, c.query_down_channels, SCALE, stride=SCALE)
             self.gen_cores = nn.HybridSequential()
             self.inf_cores = nn.HybridSequential()
@@ -314,11 +353,11 @@ class GQN(HybridBlock):
         canvas = {name: F.identity(value) for name, value in canvas.items()}  # see the module docstring
         r = self._represent(F, context_frames, context_cameras, context_mask)   # (B, R, h, w)
         query_map = _camera_map(F, query_camera, self._size)                    # (B, 7, h, w)
-        const_g = self.gen_const(_concat(F, query_map, r, mixed=self._mixed))   # (B, cores*4C, h, w)
+        const_g = self.gen_const(query_map, r)                                  # (B, cores*4C, h, w)
         const_e = None
         if not self._sample_prior:
             x_down = self.query_down(target[0])                                 # (B, 48, h, w)
-            const_e = self._per_step(F, self.inf_const(_concat(F, x_down, query_map, r, mixed=self._mixed)))
+            const_e = self._per_step(F, self.inf_const(x_down, query_map, r))
         eps = F.split(noise, num_outputs=self.config.steps, axis=1, squeeze_axis=True) \
             if self.config.steps > 1 else [F.reshape(noise, shape=(0, -3, -2))]  # L x (B, Z, h, w)
         canvas_sum, kls = self._draw(F, self._per_step(F, const_g), const_e, eps, canvas)

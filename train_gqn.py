@@ -51,8 +51,9 @@ class TrainConfig:
     data_dir: str = arg("datasets", "root holding converted datasets as DATA_DIR/NAME/{train,test}")
     max_context: int = arg(0, "most context views per scene; 0 = views per scene - 1 (the paper)")
     batch_size: int = arg(36, "scenes per step, over all devices (paper: 36)")
-    amp: bool = arg(False, "mixed precision (gqn/amp.py): bf16 on CPU (needs a CPU with bf16 kernels: AVX-512), "
-                           "fp16 with dynamic loss scaling on GPU")
+    amp: bool = arg(None, "mixed precision (gqn/amp.py): bf16 on CPU (needs a CPU with bf16 kernels: AVX-512), "
+                          "fp16 with dynamic loss scaling on GPU; unset (None) = whichever is faster here: bf16 "
+                          "where oneDNN has AMX, else fp32")
     sigma_initial: float = arg(2.0, "pixel standard deviation at step 0")
     sigma_final: float = arg(0.7, "pixel standard deviation after --sigma-steps")
     sigma_steps: int = arg(200000, "steps over which pixel sigma anneals linearly")
@@ -151,11 +152,12 @@ def max_context(config, manifest):
     return k
 
 
-# What a resume may change: schedules, lengths, logging cadence, and how the work is run. The rest makes the run
-# what it is (model, data, batch, seed, precision): changing it is a new run.
+# What a resume may change: schedules, lengths, logging cadence, and how the work is run (devices, precision: a
+# process picks these at start anyway). The rest makes the run what it is (model, data, batch, seed): changing it
+# is a new run.
 RESUMABLE = ("sigma_initial", "sigma_final", "sigma_steps", "lr_initial", "lr_final", "lr_steps", "lr_warmup_steps",
              "max_steps", "minutes", "val_every", "log_every", "checkpoint_every", "workers", "micro_batch", "gpus",
-             "data_dir")
+             "amp", "data_dir")
 
 
 def flag(name):
@@ -343,6 +345,13 @@ def build(config, model_config, ctxs, kv):
     return model, trainer
 
 
+def choose_precision(config, ctx):
+    """-> (mixed precision on?, why): --amp when given, else whichever gqn/amp.py finds faster on `ctx`."""
+    if config.amp is None:
+        return amp.preferred(ctx)
+    return config.amp, "%s: --amp %d" % ("mixed" if config.amp else "fp32", config.amp)
+
+
 def main(argv=None):
     args, config, model_values = parse_args(argv)
     if args.resume:
@@ -377,9 +386,10 @@ def claim_run_dir(run_dir, resume):
 def start(args, config, model_values, run_dir, kv, rank, num_workers):
     """Data, model, the run's log, the loop, and the run's end."""
     ctxs = devices(config)
+    use_amp, why = choose_precision(config, ctxs[0])
     try:
         training.check_micro_batch(config.batch_size // len(ctxs), config.micro_batch)
-        if config.amp:  # process-wide, before any model is built or any backward pass runs
+        if use_amp:  # process-wide, before any model is built or any backward pass runs
             amp.init(ctxs[0])
     except (ValueError, amp.AmpUnsupported) as error:
         raise SystemExit("train_gqn.py: %s" % error)
@@ -403,9 +413,10 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
     except WriteFailed as error:
         raise SystemExit("train_gqn.py: %s" % error)
     if rank == 0:
-        print("run %s (%s step %d)\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
+        print("run %s (%s step %d)\n%s\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
                                                json.dumps(dataclasses.asdict(config)),
-                                               json.dumps(model_config.to_dict())), flush=True)
+                                               json.dumps(model_config.to_dict()), cpu.isa() + "; precision " + why),
+              flush=True)
     per_device = config.micro_batch or config.batch_size // len(ctxs)
     try:
         val, val_masks = training.validation_batches(root, config.val_scenes, k, per_device, ctxs[0])

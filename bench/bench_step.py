@@ -1,6 +1,7 @@
 """Seconds per training step, samples/s, conv GFLOP/s and peak RSS of GQN at the paper config (Tower, L=12, 64x64, K=5).
 
 Example: python bench/bench_step.py --batch 8 36 --repeats 5 --precision fp32 bf16 --loader
+         python bench/bench_step.py --preset cpu-demo --batch 16 --canvas-read 1   (train_gqn.py's cpu-demo model)
 Each (batch, precision) runs in its own process so that peak RSS is that configuration's alone. bf16 is
 mx.contrib.amp through gqn/amp.py; a CPU without bf16 kernels gets a row saying why instead of a time.
 --loader adds bench/bench_loader.py's scenes/s of the data loader.
@@ -14,6 +15,7 @@ from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flush
 cpu.setup()
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -33,7 +35,7 @@ def run_one(args):
     from gqn.loader import Batch
     import flops
     B, K, precision = args.batch[0], args.context, args.precision[0]
-    row = {"batch": B, "precision": precision, "canvas_read": args.canvas_read,
+    row = {"batch": B, "preset": args.preset, "precision": precision, "canvas_read": args.canvas_read,
            "alloc": "dynamic" if args.dynamic_alloc else "static", "micro_batch": args.micro_batch}
     if precision == "bf16":
         try:
@@ -41,7 +43,8 @@ def run_one(args):
         except amp.AmpUnsupported as error:
             print(json.dumps(dict(row, error=str(error))))
             return
-    config = core.ModelConfig(shared_cores=not args.unshared, canvas_to_inference=args.canvas_read)
+    config = model_config(args.preset, shared_cores=not args.unshared, canvas_to_inference=bool(args.canvas_read))
+    S = config.image_size
     mx.random.seed(0)
     model = core.GQN(config, mixed_precision=amp.enabled())
     model.initialize(mx.init.Xavier())
@@ -50,8 +53,8 @@ def run_one(args):
     trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": 5e-4})
     amp.init_trainer(trainer)
     nd = mx.nd
-    batch = Batch(nd.random.uniform(shape=(B, K, 3, 64, 64)), nd.random.normal(shape=(B, K, 7)), nd.ones((B, K)),
-                  nd.random.normal(shape=(B, 7)), nd.random.uniform(shape=(B, 3, 64, 64)))
+    batch = Batch(nd.random.uniform(shape=(B, K, 3, S, S)), nd.random.normal(shape=(B, K, 7)), nd.ones((B, K)),
+                  nd.random.normal(shape=(B, 7)), nd.random.uniform(shape=(B, 3, S, S)))
     training.accumulate_gradients(model, B, args.micro_batch)
     times = []
     for i in range(args.warmup + args.repeats):
@@ -67,8 +70,20 @@ def run_one(args):
                           peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)))
 
 
+def model_config(preset, **overrides):
+    """core.ModelConfig of the paper, or of train_gqn.py's cpu-demo preset, with `overrides`."""
+    import core
+    if preset == "paper":
+        return core.ModelConfig(**overrides)
+    import train_gqn
+    _, train, model = train_gqn.parse_args(["--preset", preset])
+    return core.ModelConfig(**dict(model, image_size=train.image_size, **overrides))
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--preset", choices=["paper", "cpu-demo"], default="paper",
+                        help="model sizes: the paper's, or train_gqn.py --preset cpu-demo's (default: paper)")
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 36], help="batch sizes (default: 8 36)")
     parser.add_argument("--context", type=int, default=5, help="context views per scene (default: 5)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported (default: 5)")
@@ -111,7 +126,8 @@ def main():
 
 
 def run_subprocess(args, batch, precision):
-    cmd = [sys.executable, __file__, "--one", "--batch", str(batch), "--context", str(args.context),
+    cmd = [sys.executable, __file__, "--one", "--preset", args.preset, "--batch", str(batch),
+           "--context", str(args.context),
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--canvas-read", str(args.canvas_read),
            "--precision", precision]
     cmd += ["--unshared"] if args.unshared else []

@@ -11,6 +11,9 @@ latent 64; each core convolves concat(inputs, h) with four 5x5 convs (one per ga
 included; the canvas u (128 x 64 x 64) gets a 4x4 stride-4 ConvTranspose2d of h_g each step; the inference core
 sees h_g, the query image through a 4x4 stride-4 conv, v_q and r (not the canvas); 5x5 prior and posterior
 heads; a 1x1 conv on u and a sigmoid give the mean image; loss = Gaussian NLL (sigma 2.0) + KL; Adam.
+--preset cpu-demo builds the same model at train_gqn.py's cpu-demo sizes (32x32, r 64, hidden 48, latent 16,
+L 4, 3x3 kernels). --precision bf16 runs the forward pass and the loss under torch.autocast("cpu",
+dtype=torch.bfloat16), as a PyTorch user would; parameters, gradients and Adam stay fp32.
 Each batch size runs in its own process so that its peak RSS is its own. --flops prints the analytic count.
 """
 import os
@@ -26,8 +29,22 @@ import subprocess
 import sys
 import time
 
-SIZE, STATE, VIEWS, CAMERA = 64, 16, 5, 7
-R, HIDDEN, LATENT, STEPS, KERNEL = 256, 128, 64, 12, 5
+VIEWS, CAMERA = 5, 7
+PRESETS = {  # image size, r channels, hidden, latent, L, core kernel
+    "paper": dict(SIZE=64, R=256, HIDDEN=128, LATENT=64, STEPS=12, KERNEL=5),
+    "cpu-demo": dict(SIZE=32, R=64, HIDDEN=48, LATENT=16, STEPS=4, KERNEL=3),
+}
+
+
+def use_preset(name):
+    """Set the module's sizes (read by build() and step_flops()) to those of `name`."""
+    global SIZE, R, HIDDEN, LATENT, STEPS, KERNEL, STATE
+    p = PRESETS[name]
+    SIZE, R, HIDDEN, LATENT, STEPS, KERNEL = p["SIZE"], p["R"], p["HIDDEN"], p["LATENT"], p["STEPS"], p["KERNEL"]
+    STATE = SIZE // 4  # h = w
+
+
+use_preset("paper")
 
 
 def build(torch, x_channels):
@@ -108,7 +125,8 @@ def step_flops(batch, x_channels):
     """Analytic FLOPs of one training step: each conv's forward, plus twice that for its backward (data and
     weight gradients; conv1's data gradient, which nothing needs, is left out). Elementwise work is not counted."""
     n, hw = batch * VIEWS, STATE * STATE
-    tower = [(3, R, 2, 32 * 32), (R, R, 2, hw), (R, R // 2, 3, 32 * 32), (R // 2, R, 2, hw), (R + CAMERA, R, 3, hw),
+    half = (SIZE // 2) ** 2
+    tower = [(3, R, 2, half), (R, R, 2, hw), (R, R // 2, 3, half), (R // 2, R, 2, hw), (R + CAMERA, R, 3, hw),
              (R + CAMERA, R // 2, 3, hw), (R // 2, R, 3, hw), (R, R, 1, hw)]
     fwd = sum(conv_flops(n, *c) for c in tower)
     first = conv_flops(n, *tower[0])
@@ -122,8 +140,12 @@ def step_flops(batch, x_channels):
 
 
 def run_one(args):
+    import contextlib
     import torch
+    use_preset(args.preset)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" \
+        else contextlib.nullcontext
     torch.manual_seed(0)
     model = build(torch, args.x_channels)()
     adam = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.999), eps=1e-8)
@@ -133,8 +155,9 @@ def run_one(args):
     times = []
     for i in range(args.warmup + args.repeats):
         start = time.perf_counter()
-        mean, kl = model(frames, cameras, query_camera, target)
-        loss = (gaussian_nll(target, mean, 2.0) + kl).mean()
+        with autocast():
+            mean, kl = model(frames, cameras, query_camera, target)
+            loss = (gaussian_nll(target, mean, 2.0) + kl).mean()
         adam.zero_grad(set_to_none=True)
         loss.backward()
         adam.step()
@@ -142,22 +165,27 @@ def run_one(args):
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     step = statistics.median(times)
-    print(json.dumps({"batch": B, "s_per_step": step, "samples_per_s": B / step, "min": min(times),
+    print(json.dumps({"batch": B, "preset": args.preset, "precision": args.precision, "s_per_step": step,
+                      "samples_per_s": B / step, "min": min(times),
                       "max": max(times), "gflop": step_flops(B, args.x_channels) / 1e9,
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
                       "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 36], help="batch sizes (default: 8 36)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported (default: 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--x-channels", type=int, default=3,
                         help="channels of the 4x4 stride-4 view of the query image (the port: 3; default: 3)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="model sizes (default: paper)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: forward and loss under torch.autocast (default: fp32)")
     parser.add_argument("--flops", action="store_true", help="print the analytic FLOPs per step and exit")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    use_preset(args.preset)
     if args.flops:
         for batch in args.batch:
             print("batch %d: %.3f TFLOP per training step" % (batch, step_flops(batch, args.x_channels) / 1e12))
@@ -167,7 +195,8 @@ def main():
     print("%6s %8s %10s %11s %9s %10s" % ("batch", "s/step", "samples/s", "range", "GFLOP/s", "peak RSS"))
     for batch in args.batch:
         cmd = [sys.executable, __file__, "--one", "--batch", str(batch), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup), "--x-channels", str(args.x_channels)]
+               "--warmup", str(args.warmup), "--x-channels", str(args.x_channels), "--preset", args.preset,
+               "--precision", args.precision]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print("%6d %8.2f %10.2f %5.2f-%5.2f %9.0f %7.2f GB   (torch %s, %d threads)"
               % (r["batch"], r["s_per_step"], r["samples_per_s"], r["min"], r["max"], r["gflop"] / r["s_per_step"],

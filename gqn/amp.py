@@ -18,6 +18,8 @@ import os
 import mxnet as mx
 from mxnet.contrib import amp as mx_amp
 
+from gqn import cpu
+
 LOW_PRECISION = {"cpu": "bfloat16", "gpu": "float16"}
 # MXNet sums the gradients of a tensor with this many consumers or more in place, which gives silently wrong
 # (20-4000x too small) low-precision gradients under static_alloc; fp32 results do not change with it raised.
@@ -58,6 +60,20 @@ def probe(ctx, dtype):
         lines = [line for line in str(error).strip().splitlines() if line.strip()]
         return lines[-1] if lines else repr(error)
     return None
+
+
+def preferred(ctx):
+    """Whether low precision is the faster way to train on `ctx` -> (bool, the reason in a few words).
+
+    On CPU, bf16 only where oneDNN runs it on AMX tiles (gqn/cpu.py): MXNet 1.9.1's oneDNN has no faster bf16
+    kernels than its fp32 ones elsewhere (its avx512_core_bf16 convolutions ran 2-3x slower than fp32 on a Xeon
+    with avx512_bf16, bench/dnnl_profile.py). On GPU fp32, as before: fp16 has not been measured against it.
+    """
+    if ctx.device_type == "cpu" and cpu.amx_active():
+        return True, "bf16: oneDNN runs it on AMX"
+    if ctx.device_type == "cpu":
+        return False, "fp32: no AMX, and bf16 without it is slower"
+    return False, "fp32 on %s" % ctx.device_type
 
 
 def init(ctx, check=True):

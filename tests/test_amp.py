@@ -14,15 +14,18 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 PRELUDE = """
 import json, os, sys
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 sys.path[:0] = [%r, %r]
+from gqn import cpu
+cpu.setup()  # as every entry point: OpenMP threads, denormals, AMX where the CPU has it
 import mxnet as mx
 import numpy as np
 import core
 from gqn import amp
 from test_core import SMALL, loss_and_grads, make_inputs, make_model
+sys.path.insert(0, os.path.join(%r, "bench"))
+import flops
 config = core.ModelConfig(**SMALL)
-""" % (TESTS, os.path.dirname(TESTS))
+""" % (TESTS, os.path.dirname(TESTS), os.path.dirname(TESTS))
 
 GRAPH = PRELUDE + """
 amp.init(mx.cpu(), check=False)  # graph building and type inference need no bf16 kernels
@@ -32,7 +35,12 @@ graph = mx.sym.Group([mean, kl]).get_internals()
 _, types, _ = graph.infer_type(**{n: "float32" for n in names})
 types = {name: np.dtype(t).str if np.dtype(t).names is None else np.dtype(t).names[0]
          for name, t in zip(graph.list_outputs(), types)}
-print(json.dumps(types))
+shapes = dict(zip(graph.list_outputs(), graph.infer_shape(**flops.input_shapes(config, 2, 3))[1]))
+nodes = json.loads(graph.tojson())["nodes"]
+def output(node):
+    return node["name"] if node["op"] == "null" else node["name"] + "_output"
+channels = [shapes[output(nodes[n["inputs"][0][0]])][1] for n in nodes if n["op"] == "Convolution"]
+print(json.dumps({"types": types, "conv_input_channels": channels}))
 """
 
 GRADIENTS = PRELUDE + """
@@ -74,9 +82,14 @@ def run(script):
 
 
 def test_amp_graph_casts_convolutions_and_concats_type_check():
-    types = run(GRAPH)  # infer_type raises on a Concat of mixed bf16/fp32 inputs (docs/mxnet-notes.md)
+    result = run(GRAPH)  # infer_type raises on a Concat of mixed bf16/fp32 inputs (docs/mxnet-notes.md)
+    types = result["types"]
     convs = [t for name, t in types.items() if re.search(r"conv\d+_fwd_output$|_convolution\d+_output$", name)]
-    assert len(convs) == 8 + 7 + 3 + 1 and set(convs) == {"bfloat16"}, convs  # tower, cores, L reads, write
+    # tower 8, cores 7, L reads, write; the 4 convolutions of concat(..., camera) are split in two (core.CatConv)
+    assert len(convs) == 8 + 7 + 3 + 1 + 4 and set(convs) == {"bfloat16"}, convs
+    # bf16 kernels need channels in multiples of 16: only the images (3) and cameras (7) and the SMALL config's
+    # generator step input (latent 8 + hidden 16) are not; with the camera concatenated, 32 + 7 = 39 would be there
+    assert set(c for c in result["conv_input_channels"] if c % 16) == {3, 7, 24}, result["conv_input_channels"]
     assert any("amp_multicast" in name for name in types)  # concats go through a cast to one type
     assert types[[name for name in types if name.startswith("gqn0_add_n")][-1]] == "<f4"  # the KL sum stays fp32
 
@@ -104,3 +117,27 @@ def test_amp_dtype_per_device():
     import mxnet as mx
     from gqn import amp
     assert amp.dtype_for(mx.cpu()) == "bfloat16" and amp.dtype_for(mx.gpu(0)) == "float16"
+
+
+def test_precision_is_bf16_only_where_onednn_has_amx(monkeypatch):
+    sys.path.insert(0, os.path.dirname(TESTS))
+    import mxnet as mx
+    import train_gqn
+    from gqn import amp, cpu
+    monkeypatch.setattr(cpu, "amx_active", lambda: False)
+    assert amp.preferred(mx.cpu())[0] is False and amp.preferred(mx.gpu(0))[0] is False
+    _, config, _ = train_gqn.parse_args(["--dry-run"])
+    assert config.amp is None and train_gqn.choose_precision(config, mx.cpu())[0] is False
+    monkeypatch.setattr(cpu, "amx_active", lambda: True)
+    assert amp.preferred(mx.cpu()) == (True, "bf16: oneDNN runs it on AMX")
+    assert train_gqn.choose_precision(config, mx.cpu())[0] is True
+    for flag, on in (("0", False), ("1", True)):  # an explicit flag wins either way
+        _, config, _ = train_gqn.parse_args(["--dry-run", "--amp", flag])
+        why = "%s: --amp %s" % ("mixed" if on else "fp32", flag)
+        assert train_gqn.choose_precision(config, mx.cpu()) == (on, why)
+
+
+def test_amx_active_here_matches_the_cpu_flags():
+    sys.path.insert(0, os.path.dirname(TESTS))
+    from gqn import cpu  # conftest.py ran cpu.setup()
+    assert cpu.amx_active() == (cpu.wants_amx(cpu.cpu_flags()) and cpu.request_amx_permission())

@@ -190,3 +190,25 @@ def test_latent_heads_start_at_zero_so_the_kl_starts_at_zero():
     assert np.abs(model.collect_params()[model.prefix + "gaussianhead0_conv0_weight"].data().asnumpy()).max() == 0
     randomize_latent_heads(model, mx.init.Xavier(magnitude=2.0))  # the test can fail: random heads give KL > 0
     assert model(*inputs)[1].asnumpy().min() > 1.0
+
+
+def test_cat_conv_in_fp32_is_the_conv2d_of_the_concat_bit_for_bit():
+    # fp32 training must not change for the same seed: outside AMP, CatConv is Conv2D's op on the same values
+    rng = np.random.RandomState(0)
+    parts = [nd.array(rng.normal(size=(2, c, 6, 6))) for c in (16, 7)]
+    head = nd.array(rng.normal(size=(2, 8, 6, 6)))  # gradient arriving at the output
+    cat, conv = core.CatConv((16, 7), 8, 3), mx.gluon.nn.Conv2D(8, 3, padding=1, in_channels=23)
+    for block in (cat, conv):
+        block.initialize(mx.init.Xavier())
+        block.hybridize(static_alloc=True, static_shape=True)
+    conv.weight.set_data(cat.weight.data())
+    cat.bias.set_data(nd.array(rng.normal(size=8)))
+    conv.bias.set_data(cat.bias.data())
+    results = []
+    for block, inputs in ((cat, parts), (conv, [nd.concat(*parts, dim=1)])):
+        with autograd.record():
+            y = block(*inputs)
+        y.backward(head)
+        results.append([y.asnumpy(), block.weight.grad().asnumpy(), block.bias.grad().asnumpy()])
+    for mine, reference in zip(*results):
+        np.testing.assert_array_equal(mine, reference)

@@ -44,3 +44,110 @@ def test_keep_leaves_denormals_alone():
     flushed, product = run("from gqn import cpu; print(cpu.setup()); " + PRODUCT, GQN_DENORMALS="keep").split()
     assert flushed == "False"
     assert float(product) == pytest.approx(1e-40, rel=1e-2)
+
+
+AMX = frozenset({"fpu", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"})
+BF16_ONLY = frozenset({"fpu", "avx512f", "avx512_bf16", "avx512_fp16"})
+
+
+def test_amx_is_wanted_only_with_both_tile_and_bf16_flags():
+    assert cpu.wants_amx(AMX)
+    assert not cpu.wants_amx(BF16_ONLY)
+    assert not cpu.wants_amx(BF16_ONLY | {"amx_tile"})  # int8 tiles alone carry no bf16 kernels
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel\t\t: 207\nflags\t\t: fpu avx512f amx_tile amx_bf16\nbugs\t\t: x\n")
+    assert cpu.cpu_flags(str(info)) == {"fpu", "avx512f", "amx_tile", "amx_bf16"}
+    assert cpu.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_no_amx_flags_means_no_syscall_and_no_isa_cap(monkeypatch):
+    monkeypatch.setattr(cpu, "request_amx_permission", lambda: pytest.fail("asked for AMX on a CPU without it"))
+    environ = {}
+    assert cpu.enable_amx(BF16_ONLY, environ) is False and environ == {}
+
+
+def test_amx_cap_is_set_only_when_the_kernel_grants_tiles(monkeypatch):
+    monkeypatch.setattr(cpu, "_amx", {"granted": False})
+    monkeypatch.setattr(cpu, "request_amx_permission", lambda: False)
+    environ = {}
+    assert cpu.enable_amx(AMX, environ) is False and environ == {}  # the cap alone would die with SIGILL
+    monkeypatch.setattr(cpu, "request_amx_permission", lambda: True)
+    assert cpu.enable_amx(AMX, environ) is True and environ == {"DNNL_MAX_CPU_ISA": "AVX512_CORE_AMX"}
+    assert "avx512_core_amx" in cpu.isa(AMX, environ)
+    mine = {"DNNL_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+    assert cpu.enable_amx(AMX, mine) is True and mine == {"DNNL_MAX_CPU_ISA": "AVX512_CORE_BF16"}  # user wins
+    assert "avx512_core_bf16" in cpu.isa(AMX, mine) and "caps it" in cpu.isa(AMX, mine)
+
+
+def test_isa_line_per_cpu_kind(monkeypatch):
+    monkeypatch.setattr(cpu, "_amx", {"granted": False})
+    assert "avx512_core_bf16 (AMX present, tile permission refused" in cpu.isa(AMX, {})
+    assert "avx512_core_bf16 (no AMX)" in cpu.isa(BF16_ONLY, {})
+    assert "avx512_core (no AMX, no avx512_bf16)" in cpu.isa({"avx512f", "avx2"}, {})
+    assert "avx2 (no AVX-512)" in cpu.isa({"avx2"}, {})
+
+
+def test_kernel_refuses_tiles_where_the_cpu_has_no_amx():
+    if cpu.wants_amx(cpu.cpu_flags()):
+        pytest.skip("this CPU has AMX: the grant is checked by test_bf16_step_runs_amx_kernels")
+    assert cpu.request_amx_permission() is False
+
+
+BF16_STEP = """
+import sys
+sys.path[:0] = [%r, %r]
+from gqn import cpu
+cpu.setup()
+import mxnet as mx
+import core
+from gqn import amp
+from test_core import SMALL, loss_and_grads, make_inputs, make_model
+amp.init(mx.cpu())
+config = core.ModelConfig(**SMALL)
+model = make_model(config)
+model.hybridize(static_alloc=True, static_shape=True)
+loss_and_grads(model, make_inputs(config))
+print("ISA " + cpu.isa())
+""" % (os.path.join(ROOT, "tests"), ROOT)
+
+
+def bf16_conv_kernels():
+    """One bf16 training step under DNNL_VERBOSE in a fresh process -> (its bf16 convolution kernels, isa() line)."""
+    out = run(BF16_STEP, DNNL_VERBOSE="1", MKLDNN_VERBOSE="1").splitlines()
+    kernels = {line.split(",")[4] for line in out
+               if line.startswith("dnnl_verbose,exec,cpu,convolution,") and "src_bf16" in line}
+    return kernels, [line for line in out if line.startswith("ISA ")][0]
+
+
+def test_bf16_step_runs_amx_kernels():
+    if not cpu.wants_amx(cpu.cpu_flags()):
+        pytest.skip("this CPU has no amx_bf16/amx_tile flags (/proc/cpuinfo): no AMX kernels to check")
+    kernels, line = bf16_conv_kernels()
+    assert "avx512_core_amx" in line, line
+    assert any("avx512_core_amx" in k for k in kernels), kernels
+
+
+def test_bf16_step_runs_avx512_bf16_kernels_without_amx():
+    flags = cpu.cpu_flags()
+    if "avx512_bf16" not in flags or cpu.wants_amx(flags):
+        pytest.skip("this check is for CPUs with avx512_bf16 and no AMX (here: %s)"
+                    % ("AMX" if cpu.wants_amx(flags) else "no avx512_bf16"))
+    kernels, line = bf16_conv_kernels()
+    assert "avx512_core_bf16" in line, line
+    assert any("avx512_core_bf16" in k for k in kernels) and not any("amx" in k for k in kernels), kernels
+
+
+def test_setup_makes_idle_openmp_threads_sleep_unless_the_user_chose():
+    code = "import os; from gqn import cpu; cpu.setup(); print(os.environ.get('OMP_WAIT_POLICY'))"
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def policy(**env):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                              env=dict(clean, **env))
+        return done.stdout.strip()
+    assert policy() == "PASSIVE"
+    assert policy(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert policy(GOMP_SPINCOUNT="10000") == "None"  # a spin count only means something to active waiting

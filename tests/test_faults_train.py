@@ -345,7 +345,7 @@ def finished(data_dir, tmp_path_factory):
                                           (["--seed=1"], "--seed 1 differs from the run's 0"),
                                           (["--hidden", 16], "--hidden 16 differs from the run's 8"),
                                           (["--dataset", "shepard_metzler"], "--dataset shepard_metzler differs"),
-                                          (["--amp", "yes"], "--amp True differs from the run's False")])
+                                          (["--max-context", 2], "--max-context 2 differs from the run's 3")])
 def test_a_resume_refuses_flags_that_would_make_another_run(main, finished, flags, named):
     before = step_of(finished)
     status, message = main("--resume", finished, "--max-steps", 6, *flags)
