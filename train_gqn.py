@@ -25,7 +25,7 @@ from mxnet import gluon
 from tqdm import tqdm
 
 import core
-from gqn import amp, checkpoint, locks, training
+from gqn import amp, checkpoint, files, locks, training
 from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, dataset_root
 from gqn.plots import plot_curves
 from gqn.runs import RunLog, WriteFailed, new_run_dir, writing
@@ -407,7 +407,7 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
     try:
         if rank == 0:
             with writing(os.path.join(run_dir, "config.json")) as path:
-                checkpoint.write_atomically(path, json.dumps(
+                files.write_atomically(path, json.dumps(
                     {"config": dataclasses.asdict(config), "model": model_config.to_dict()}, indent=1).encode())
         log = RunLog(run_dir, rank == 0, step)
     except WriteFailed as error:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gqn import locks, processes, scene_format, tfrecord  # noqa: E402  (needs the repository root on sys.path)
 from gqn.datasets import ALL_DATASETS, SPLITS, expected_files, get_dataset  # noqa: E402
+from gqn.files import fsync_path  # noqa: E402
 
 SUFFIX = ".tfrecord"
 NOTE_SUFFIX = ".source.json"
@@ -191,7 +192,7 @@ def convert_split(info, root, out, split, workers=1):
     if todo:  # until the new one is written, no manifest says the split is complete
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(split_dir, scene_format.MANIFEST))
-        scene_format.fsync_dir(split_dir)
+        fsync_path(split_dir)
         for path in todo:
             _discard_shard(split_dir, os.path.basename(path)[:-len(SUFFIX)])
     if len(todo) < len(paths):

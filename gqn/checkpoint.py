@@ -6,29 +6,10 @@ import os
 import shutil
 import tempfile
 
+from gqn.files import fsync_path
+
 PARAMS, TRAINER, STATE = "model.params", "trainer.states", "state.json"
 TEMP_PREFIX = ".checkpoint-"
-
-
-def fsync_path(path):
-    """Push a written file's (or a directory's entries') data to the disk, so a rename of it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path, data):
-    """Replace the file `path` by the bytes `data` so that a cut leaves the old or the new file, also after a
-    power cut."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
 def save_checkpoint(directory, model, trainer, state):

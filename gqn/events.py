@@ -14,7 +14,7 @@ from mxboard.proto.event_pb2 import Event, SessionLog
 from mxboard.record_writer import masked_crc32c
 from mxboard.summary import image_summary, scalar_summary
 
-from gqn.checkpoint import write_atomically
+from gqn.files import write_atomically
 
 PATTERN = "events.out.tfevents.*"
 

@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from gqn import scene_format
+from gqn.files import write_atomically
 from gqn.loader import choose_views
 
 SUFFIX = ".masks.npz"
@@ -36,10 +37,7 @@ def _npz_bytes(masks):
 
 def write_masks(split_dir, stem, masks):
     """Write the masks (scenes, S, H, W) bool of one shard atomically."""
-    path = masks_path(split_dir, stem)
-    with open(path + scene_format.TMP_SUFFIX, "wb") as f:
-        f.write(_npz_bytes(masks))
-    os.replace(path + scene_format.TMP_SUFFIX, path)
+    write_atomically(masks_path(split_dir, stem), _npz_bytes(masks))
 
 
 def missing_masks(split_dir, manifest):

@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager
 
 from gqn import checkpoint, images
-from gqn.checkpoint import write_atomically
+from gqn.files import write_atomically
 from gqn.datasets import dataset_root
 
 

@@ -18,11 +18,12 @@ import cv2
 import google_crc32c
 import numpy as np
 
+from gqn.files import TMP_SUFFIX, fsync_path, write_atomically
+
 MAGIC = b"GQS2"
 FORMAT = "gqn-scenes-recordio"
 FORMAT_VERSION = 2  # 1: records without a checksum
 MANIFEST = "manifest.json"
-TMP_SUFFIX = ".tmp"
 _HEAD = struct.Struct("<4sI")
 _CRC = struct.Struct("<I")
 _RIO_MAGIC = 0xCED7230A  # dmlc-core's RecordIO: magic | cflag (3 bits) << 29 | length, data, zero padding to 4
@@ -188,15 +189,6 @@ def remove_temporary_files(split_dir):
             os.remove(os.path.join(split_dir, name))
 
 
-def fsync_dir(path):
-    """Make the renames and deletions inside directory `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def shard_writer(split_dir, stem):
     """Yield a writer whose write(payload) appends a record; the shard gets its name on success.
@@ -217,7 +209,7 @@ def shard_writer(split_dir, stem):
         raise
     os.replace(rec + TMP_SUFFIX, rec)
     os.replace(idx + TMP_SUFFIX, idx)
-    fsync_dir(split_dir)
+    fsync_path(split_dir)
 
 
 class _ShardWriter:
@@ -258,14 +250,8 @@ def make_manifest(info, split, shards, source):
 
 
 def write_json(path, value):
-    """Write `value` as JSON (sorted keys, so equal values are equal bytes) to disk, then rename it into place."""
-    with open(path + TMP_SUFFIX, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + TMP_SUFFIX, path)
-    fsync_dir(os.path.dirname(path) or ".")
+    """Write `value` as JSON (sorted keys, so equal values are equal bytes) durably and atomically."""
+    write_atomically(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_manifest(split_dir, manifest):
