@@ -246,23 +246,24 @@ def elbo_terms(F, target, mean, kl, sigma):
     return {"nll": nll, "kl": kl, "elbo": elbo, "mse": mse(F, target, mean), "bits_per_dim": bits_per_dim(elbo, dims)}
 
 
-def option(default, help, choices=None):
-    """A config field with its command-line help: train_gqn.py makes one flag of each."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help, choices=None, low=None, above=None):
+    """A config field with its command-line help and valid range (at least `low`, or above `above`):
+    train_gqn.py makes one flag of each."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "above": above})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     representation: str = option("tower", "scene representation network", tuple(sorted(REPRESENTATIONS)))
-    image_size: int = option(64, "H = W of every view (taken from the data when training)")
-    steps: int = option(12, "L, DRAW generation steps")
-    hidden: int = option(128, "C, hidden channels of the ConvLSTM cores (also the canvas channels)")
-    latent: int = option(64, "Z, latent channels per step")
-    r_channels: int = option(256, "R, channels of the scene representation r")
+    image_size: int = option(64, "H = W of every view (taken from the data when training)", low=4)
+    steps: int = option(12, "L, DRAW generation steps", low=1)
+    hidden: int = option(128, "C, hidden channels of the ConvLSTM cores (also the canvas channels)", low=1)
+    latent: int = option(64, "Z, latent channels per step", low=1)
+    r_channels: int = option(256, "R, channels of the scene representation r", low=1)
     shared_cores: bool = option(True, "one generator/inference ConvLSTM for all L steps, or one per step")
     canvas_to_inference: bool = option(True, "the inference core also reads the canvas (the authors' advice)")
-    kernel: int = option(5, "ConvLSTM and prior/posterior kernel size")
-    query_down_channels: int = option(48, "channels of the 4x4 stride-4 view of x_q (48 = 3*4*4, lossless)")
+    kernel: int = option(5, "ConvLSTM and prior/posterior kernel size", low=1)
+    query_down_channels: int = option(48, "channels of the 4x4 stride-4 view of x_q (48 = 3*4*4, lossless)", low=1)
 
     def __post_init__(self):
         if self.representation not in REPRESENTATIONS:

@@ -1,6 +1,8 @@
 """Score a trained GQN on held-out scenes for each context size k, beside a nearest-view and a mean-image baseline.
 
-Example: python evaluate_gqn.py runs/rooms_ring-20261122-101500 --split test --scenes 200 --samples 8
+Examples:
+  python evaluate_gqn.py assets/demo                       (the shipped demo model; renders its test scenes once)
+  python evaluate_gqn.py runs/demo --scenes 200 --samples 8 --json runs/demo/evaluation.json
 
 For each k = 1..K the same scenes are scored, with the same query view and nested context views (the
 loader draws views from --seed alone), and the same noise per scene (seeded by --seed and the scene's
@@ -33,7 +35,6 @@ from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flush
 
 cpu.setup()
 
-import argparse
 import json
 import sys
 import time
@@ -44,12 +45,12 @@ import numpy as np
 from tqdm import tqdm
 
 import core
-from gqn import masks, scene_format, synthetic
+from gqn import cli, masks, scene_format, synthetic
 from gqn.baselines import baseline_mse
 from gqn.datasets import SPLITS
 from gqn.loader import Batch, make_loader
 from gqn.metrics import region_metrics
-from gqn.runs import load_model, run_dataset_root
+from gqn.runs import ensure_dataset, load_model, run_dataset_root, saved_config
 
 METRICS = [("elbo", "-ELBO"), ("nll", "NLL"), ("kl", "KL"), ("bits_per_dim", "bits/dim"),
            ("mse_prior_sample", "MSE sample"), ("mse_prior_mean", "MSE mean-S"), ("mse_posterior", "MSE post"),
@@ -166,40 +167,45 @@ def load_split_masks(root, split):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("checkpoint", help="a run directory (RUN, holding RUN/checkpoint) or a checkpoint directory")
+    parser = cli.Parser(__doc__)
+    parser.add_argument("run", metavar="RUN", help="a run directory (holding RUN/checkpoint) or a checkpoint folder")
     parser.add_argument("--split", default="test", choices=SPLITS, help="dataset split to score (default: test)")
     parser.add_argument("--dataset", help="dataset name (default: the run's, from its state.json)")
-    parser.add_argument("--data-dir", help="root of the datasets (default: the run's --data-dir)")
-    parser.add_argument("--scenes", type=int, default=200, help="scenes scored per k; fewer if the split has fewer "
-                        "(default: 200)")
-    parser.add_argument("--samples", type=int, default=8,
+    parser.add_argument("--data-dir", help="data root holding DATA_DIR/NAME (default: the run's)")
+    parser.add_argument("--scenes", type=cli.bounded(int, 1), default=200,
+                        help="scenes scored per k; fewer if the split has fewer (default: 200)")
+    parser.add_argument("--samples", type=cli.bounded(int, 1), default=8,
                         help="prior samples per scene for mse_prior_mean (default: 8)")
-    parser.add_argument("--sigma", type=float, help="pixel sigma of the NLL (default: the run's --sigma-final)")
-    parser.add_argument("--max-context", type=int, help="K, the largest context size scored (default: the run's)")
-    parser.add_argument("--batch-size", type=int, default=16, help="scenes per forward pass (default: 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the views and the noise (default: 0)")
-    parser.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
-    parser.add_argument("--out", help="JSON file to write (default: RUN/eval-SPLIT.json for a run's checkpoint, "
-                        "else ./eval-SPLIT.json)")
+    parser.add_argument("--sigma", type=cli.bounded(float, above=0),
+                        help="pixel sigma of the NLL (default: the run's --sigma-final)")
+    parser.add_argument("--max-context", type=cli.bounded(int, 1),
+                        help="K, the largest context size scored (default: the run's)")
+    parser.add_argument("--batch-size", type=cli.bounded(int, 1), default=16,
+                        help="scenes per forward pass (default: 16)")
+    parser.add_argument("--seed", type=cli.bounded(int, 0), default=0, help="seed of the views and the noise "
+                        "(default: 0)")
+    cli.add_devices(parser, several=False)
+    cli.add_workers(parser, "processes rendering a synthetic split on first use")
+    parser.add_argument("--json", metavar="FILE", help="JSON file to write (default: RUN/eval-SPLIT.json for a "
+                        "run, else ./eval-SPLIT.json)")
     args = parser.parse_args(argv)
-    for name in ("scenes", "samples", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error("--%s %d: must be at least 1" % (name.replace("_", "-"), getattr(args, name)))
-    if args.seed < 0:
-        parser.error("--seed %d: must be 0 or more" % args.seed)
-    if args.sigma is not None and args.sigma <= 0:
-        parser.error("--sigma %g: must be positive" % args.sigma)
+    if len(args.devices) > 1:
+        parser.error("--devices %s: evaluation runs on one device" % cli.format_devices(args.devices))
+    problem = cli.gpu_problem(args.devices)
+    if problem:
+        parser.error(problem)
     return args
 
 
 def resolve_settings(args, state):
     """Fill the defaults that come from the checkpoint and the data; -> the dataset root. SystemExit on bad input."""
     root = run_dataset_root(state, args.dataset, args.data_dir)
+    config = saved_config(state)
     try:
+        ensure_dataset(root, args.dataset or config["dataset"], config["image_size"], config["train_scenes"],
+                       [args.split], args.workers)
         manifest = scene_format.read_manifest(os.path.join(root, args.split))
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # OSError: e.g. no permission to write a synthetic split
         raise SystemExit("evaluate_gqn.py: %s (give --data-dir, --dataset or --split)" % error)
     if manifest["frame_size"] != state["model"]["image_size"]:
         raise SystemExit("evaluate_gqn.py: %s has %dpx frames; the model renders %dpx"
@@ -212,18 +218,18 @@ def resolve_settings(args, state):
                          % (args.max_context, views - 1, views))
     args.scenes = min(args.scenes, manifest["scene_count"])
     args.batch_size = min(args.batch_size, args.scenes)
-    args.sigma = args.sigma or state["config"]["sigma_final"]
-    if args.out is None:
+    args.sigma = args.sigma or config["sigma_final"]
+    if args.json is None:
         parent, name = os.path.split(os.path.normpath(state["directory"]))
-        args.out = os.path.join(parent if name == "checkpoint" else ".", "eval-%s.json" % args.split)
+        args.json = os.path.join(parent if name == "checkpoint" else ".", "eval-%s.json" % args.split)
     return root
 
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = mx.gpu(args.gpu) if args.gpu is not None else mx.cpu()
+    ctx = cli.contexts(args.devices)[0]
     try:
-        model, state = load_model(args.checkpoint, ctx, core.GQN.from_config)
+        model, state = load_model(args.run, ctx, core.GQN.from_config)
     except FileNotFoundError as error:
         raise SystemExit("evaluate_gqn.py: %s" % error)
     root = resolve_settings(args, state)
@@ -241,7 +247,7 @@ def main(argv=None):
               "sigma": args.sigma, "seed": args.seed, "metrics": results, "sem": sems}
     if split_masks is not None:
         report["scenes_with_objects"] = with_objects  # the views with object pixels: the objects figures' count
-    with open(args.out, "w") as f:
+    with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(results))
     if split_masks is not None:
@@ -249,7 +255,7 @@ def main(argv=None):
     print("\n".join(format_gains(results[args.max_context], sems[args.max_context], args.max_context)))
     print("%d scenes of %s, k = 1..%d, step %d, sigma %g, %d prior samples; %.1f s; wrote %s"
           % (args.scenes, report["data"], args.max_context, state["step"], args.sigma, args.samples,
-             time.time() - started, args.out))
+             time.time() - started, args.json))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Export a trained GQN's prior renderer as an MXNet symbol + params, with a JSON of its inputs, for gqn/predictor.py.
 
-Example: python export_gqn.py runs/rooms_ring-20261122-101500 --out exported/rooms_ring
+Examples:
+  python export_gqn.py assets/demo --out-dir exported/demo
+  python export_gqn.py runs/demo --out-dir exported/rooms_ring
 
-Writes OUT/gqn-renderer-symbol.json, OUT/gqn-renderer-0000.params (HybridBlock.export: only the parameters
-the renderer uses) and OUT/gqn-renderer.json (input names and shapes, noise shape, model config). The graph
-takes any batch size B and any number of context slots K. Load it with gqn.predictor.Predictor(OUT).
+Writes OUT_DIR/gqn-renderer-symbol.json, OUT_DIR/gqn-renderer-0000.params (HybridBlock.export: only the parameters
+the renderer uses) and OUT_DIR/gqn-renderer.json (input names and shapes, noise shape, model config). The graph
+takes any batch size B and any number of context slots K. Load it with gqn.predictor.Predictor(OUT_DIR).
 """
 import os
 
@@ -12,12 +14,12 @@ from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flush
 
 cpu.setup()
 
-import argparse
 import json
 
 import mxnet as mx
 
 import core
+from gqn import cli
 from gqn.predictor import INPUTS, SPEC
 from gqn.runs import load_model
 
@@ -61,18 +63,17 @@ def export(model, state, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("checkpoint", help="a run directory (RUN, holding RUN/checkpoint) or a checkpoint directory")
-    parser.add_argument("--out", required=True, help="directory to write the exported renderer into")
+    parser = cli.Parser(__doc__)
+    parser.add_argument("run", metavar="RUN", help="a run directory (holding RUN/checkpoint) or a checkpoint folder")
+    parser.add_argument("--out-dir", required=True, help="directory to write the exported renderer into")
     args = parser.parse_args(argv)
     try:
-        model, state = load_model(args.checkpoint, mx.cpu(), core.GQN.from_config)
+        model, state = load_model(args.run, mx.cpu(), core.GQN.from_config)
     except FileNotFoundError as error:
         raise SystemExit("export_gqn.py: %s" % error)
-    spec = export(model, state, args.out)
+    spec = export(model, state, args.out_dir)
     print("exported the renderer of %s (step %d, %s) to %s: %s, %s, %s"
-          % (state["directory"], state["step"], spec["dataset"], args.out, spec["symbol"], spec["params"], SPEC))
+          % (state["directory"], state["step"], spec["dataset"], args.out_dir, spec["symbol"], spec["params"], SPEC))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Render one scene with a trained GQN: a fly-around GIF from a ring of cameras, and a grid of its held-out views.
 
-Example: python render_gqn.py                                   (the shipped demo checkpoint, assets/demo/)
-         python render_gqn.py --checkpoint runs/rooms_ring-20261122-101500 --scene 3 --context 3 --views 36
+Examples:
+  python render_gqn.py                                    (the shipped demo model, assets/demo/, into renders/)
+  python render_gqn.py runs/demo --scene 3 --context 3 --views 36 --out-dir runs/demo/render
 
 The first --context views of scene --scene are the context. The ring: --views cameras evenly spaced in angle
 (36: 10 degrees apart) on a horizontal circle about the vertical axis through the origin, starting at the first
@@ -9,7 +10,7 @@ context camera; its radius, height and pitch are the means over the scene's own 
 keeps the scene's mean yaw relative to looking at the axis (the circular mean), so it looks where the scene's
 cameras look. The grid has one row per held-out view: context | prediction | ground truth. Every view is
 rendered with the same noise, drawn from --seed, so the animation does not flicker and a seed repeats exactly.
-A synthetic scene whose dataset is not on disk is rendered on the spot, the same scene train_gqn.py would write.
+A synthetic family's split is rendered on first use, the same scenes train_gqn.py writes.
 """
 import os
 
@@ -17,21 +18,17 @@ from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flush
 
 cpu.setup()
 
-import argparse
-
 import mxnet as mx
 import numpy as np
 
 import core
-from gqn import images, scene_format
-from gqn.datasets import SPLITS, SYNTHETIC_FAMILIES
+from gqn import cli, images
+from gqn.datasets import SPLITS
 from gqn.loader import SceneDataset, decode_frames, transform_cameras
-from gqn.runs import load_model, run_dataset_root
-from gqn.synthetic import render_scene
+from gqn.runs import ensure_dataset, load_model, run_dataset_root, saved_config
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO = os.path.join(ROOT, "assets", "demo")
-SYNTHETIC_SEED = 0  # the seed train_gqn.py renders synthetic datasets with
 CHUNK = 12          # query views per forward pass
 
 
@@ -56,13 +53,12 @@ def load_scene(state, args):
     """(frames uint8 (S, H, W, 3), raw cameras (S, 5), where from) of scene --scene of the chosen split."""
     root = run_dataset_root(state, args.dataset, args.data_dir)
     split_dir = os.path.join(root, args.split)
-    family = args.dataset or state["config"]["dataset"]
-    if not os.path.exists(os.path.join(split_dir, scene_format.MANIFEST)):
-        if family not in SYNTHETIC_FAMILIES:
-            raise SystemExit("render_gqn.py: no dataset at %s (give --data-dir, --dataset or --split; synthetic "
-                             "families, rendered on the spot: %s)" % (split_dir, ", ".join(SYNTHETIC_FAMILIES)))
-        jpegs, cameras = render_scene(family, SYNTHETIC_SEED, args.split, args.scene, state["model"]["image_size"])
-        return decode_frames(jpegs), cameras, "synthetic %s %s scene %d" % (family, args.split, args.scene)
+    config = saved_config(state)
+    try:
+        ensure_dataset(root, args.dataset or config["dataset"], config["image_size"], config["train_scenes"],
+                       [args.split], args.workers)
+    except (OSError, ValueError) as error:  # OSError: e.g. no permission to write a synthetic split
+        raise SystemExit("render_gqn.py: %s (give --data-dir, --dataset or --split)" % error)
     scenes = SceneDataset(root, args.split)
     if not 0 <= args.scene < len(scenes):
         raise SystemExit("render_gqn.py: --scene %d: valid 0..%d in %s" % (args.scene, len(scenes) - 1, split_dir))
@@ -86,41 +82,44 @@ def render_views(renderer, frames, cameras, query_cameras, noise, ctx):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--checkpoint", help="a run directory or a checkpoint directory (default: the demo, %s)"
-                        % os.path.relpath(DEMO))
+    parser = cli.Parser(__doc__)
+    parser.add_argument("run", metavar="RUN", nargs="?", help="a run directory or a checkpoint folder (default: "
+                        "the demo, %s)" % os.path.relpath(DEMO))
     parser.add_argument("--split", default="test", choices=SPLITS,
                         help="dataset split the scene comes from (default: test)")
     parser.add_argument("--dataset", help="dataset name (default: the run's, from its state.json)")
-    parser.add_argument("--data-dir", help="root of the datasets (default: the run's --data-dir)")
-    parser.add_argument("--scene", type=int, default=0, help="index of the scene in the split (default: 0)")
-    parser.add_argument("--context", type=int, default=3, help="context views: the scene's first N (default: 3)")
-    parser.add_argument("--views", type=int, default=36, help="cameras on the ring, frames of the GIF (default: 36)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
-    parser.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
-    parser.add_argument("--out", default="renders", help="output directory (default: renders)")
+    parser.add_argument("--data-dir", help="data root holding DATA_DIR/NAME (default: the run's)")
+    parser.add_argument("--scene", type=cli.bounded(int, 0), default=0,
+                        help="index of the scene in the split (default: 0)")
+    parser.add_argument("--context", type=cli.bounded(int, 1), default=3,
+                        help="context views: the scene's first N (default: 3)")
+    parser.add_argument("--views", type=cli.bounded(int, 1), default=36,
+                        help="cameras on the ring, frames of the GIF (default: 36)")
+    parser.add_argument("--seed", type=cli.bounded(int, 0), default=0, help="seed of the noise (default: 0)")
+    cli.add_devices(parser, several=False)
+    cli.add_workers(parser, "processes rendering a synthetic split on first use")
+    parser.add_argument("--out-dir", default="renders", help="output directory (default: renders)")
     args = parser.parse_args(argv)
-    for name in ("context", "views"):
-        if getattr(args, name) < 1:
-            parser.error("--%s %d: must be at least 1" % (name, getattr(args, name)))
-    if args.scene < 0 or args.seed < 0:
-        parser.error("--scene %d, --seed %d: must be 0 or more" % (args.scene, args.seed))
+    if len(args.devices) > 1:
+        parser.error("--devices %s: rendering runs on one device" % cli.format_devices(args.devices))
+    problem = cli.gpu_problem(args.devices)
+    if problem:
+        parser.error(problem)
     return args
 
 
 def checkpoint_path(args):
-    if args.checkpoint:
-        return args.checkpoint
+    if args.run:
+        return args.run
     if not os.path.isdir(DEMO):
-        raise SystemExit("render_gqn.py: no --checkpoint given and the demo checkpoint %s is missing; train a model "
-                         "(python train_gqn.py --preset cpu-demo) and pass --checkpoint RUN_DIR" % DEMO)
+        raise SystemExit("render_gqn.py: no RUN given and the demo model %s is missing; train a model "
+                         "(python train_gqn.py --preset cpu-demo --run-dir RUN) and pass RUN" % DEMO)
     return DEMO
 
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = mx.gpu(args.gpu) if args.gpu is not None else mx.cpu()
+    ctx = cli.contexts(args.devices)[0]
     try:
         model, state = load_model(checkpoint_path(args), ctx, core.GQN.from_config)
     except FileNotFoundError as error:
@@ -141,8 +140,9 @@ def main(argv=None):
     count = len(predictions)
     grid = images.prediction_grid(np.broadcast_to(views[context], (count,) + views[context].shape),
                                   np.ones((count, args.context)), predictions[:, None], views[held_out])
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "%s-%s-%d" % (args.dataset or state["config"]["dataset"], args.split, args.scene))
+    grid = images.with_header(grid, [("context", args.context), ("prediction", 1), ("truth", 1)], views.shape[-1])
+    os.makedirs(args.out_dir, exist_ok=True)
+    stem = os.path.join(args.out_dir, "%s-%s-%d" % (args.dataset or state["config"]["dataset"], args.split, args.scene))
     images.save_gif(images.to_uint8(fly_around), stem + "-ring.gif")
     images.save_png(grid, stem + "-views.png")
     print("%s, %d context views, step %d of %s: wrote %s-ring.gif (%d frames) and %s-views.png (%d held-out views)"

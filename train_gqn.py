@@ -1,8 +1,10 @@
 """Train a GQN: annealed pixel sigma and learning rate, TensorBoard logs, validation grids, checkpoints and resume.
 
-Example: python train_gqn.py --preset cpu-demo            (synthetic rooms, a few minutes on a CPU)
-         python train_gqn.py --dataset shepard_metzler_7_parts --data-dir /data/gqn --gpus 0,1
-         python train_gqn.py --resume runs/rooms_ring-20261122-101500
+Examples:
+  python train_gqn.py --preset cpu-demo --run-dir runs/demo      (synthetic rooms, 10 minutes on a CPU)
+  python train_gqn.py --dataset shepard_metzler_7_parts --data-dir /data/gqn --devices gpu:0,gpu:1
+  python train_gqn.py --dataset rooms_ring --image-size 64 --train-scenes 2000   (renders DATA_DIR/rooms_ring-64px-2000)
+  python train_gqn.py --resume runs/demo --max-steps 5000
 """
 import os
 
@@ -25,18 +27,11 @@ from mxnet import gluon
 from tqdm import tqdm
 
 import core
-from gqn import amp, checkpoint, files, locks, training
-from gqn.datasets import ALL_DATASETS, SYNTHETIC_FAMILIES, dataset_root
+from gqn import amp, checkpoint, cli, files, locks, training
+from gqn.datasets import ALL_DATASETS, SPLITS, dataset_root
 from gqn.plots import plot_curves
-from gqn.runs import RunLog, WriteFailed, new_run_dir, writing
+from gqn.runs import RunLog, WriteFailed, ensure_dataset, new_run_dir, resolve_path, saved_config, writing
 from gqn.schedules import linear_anneal
-from gqn.synthetic import ensure_synthetic
-
-
-def _flag_bool(text):
-    if text.lower() not in ("0", "1", "true", "false", "yes", "no"):
-        raise argparse.ArgumentTypeError("%r is not a boolean; use 1/0, true/false or yes/no" % text)
-    return text.lower() in ("1", "true", "yes")
 
 
 LOCK = ".lock"  # RUN/.lock, held by the run's trainer (gqn/locks.py)
@@ -48,37 +43,40 @@ MODEL_FLAGS = [f for f in dataclasses.fields(core.ModelConfig) if f.name != "ima
 class TrainConfig:
     dataset: str = arg("rooms_ring_camera", "dataset: DeepMind's seven, or a synthetic family rendered on first use",
                        sorted(ALL_DATASETS))
-    data_dir: str = arg("datasets", "root holding converted datasets as DATA_DIR/NAME/{train,test}")
-    max_context: int = arg(0, "most context views per scene; 0 = views per scene - 1 (the paper)")
-    batch_size: int = arg(36, "scenes per step, over all devices (paper: 36)")
+    data_dir: str = arg("datasets", "data root holding datasets as DATA_DIR/NAME/{train,test} (stored absolute)")
+    max_context: int = arg(0, "most context views per scene; 0 = views per scene - 1 (the paper)", low=0)
+    batch_size: int = arg(36, "scenes per step, over all devices (paper: 36)", low=1)
     amp: bool = arg(None, "mixed precision (gqn/amp.py): bf16 on CPU (needs a CPU with bf16 kernels: AVX-512), "
-                          "fp16 with dynamic loss scaling on GPU; unset (None) = whichever is faster here: bf16 "
-                          "where oneDNN has AMX, else fp32")
-    sigma_initial: float = arg(2.0, "pixel standard deviation at step 0")
-    sigma_final: float = arg(0.7, "pixel standard deviation after --sigma-steps")
-    sigma_steps: int = arg(200000, "steps over which pixel sigma anneals linearly")
-    lr_initial: float = arg(5e-4, "Adam learning rate at step 0")
-    lr_final: float = arg(5e-5, "learning rate after --lr-steps")
-    lr_steps: int = arg(1600000, "steps over which the learning rate anneals linearly")
+                          "fp16 with dynamic loss scaling on GPU; neither --amp nor --no-amp = whichever is faster "
+                          "here: bf16 where oneDNN has AMX, else fp32")
+    sigma_initial: float = arg(2.0, "pixel standard deviation at step 0", above=0)
+    sigma_final: float = arg(0.7, "pixel standard deviation after --sigma-steps", above=0)
+    sigma_steps: int = arg(200000, "steps over which pixel sigma anneals linearly", low=1)
+    lr_initial: float = arg(5e-4, "Adam learning rate at step 0", above=0)
+    lr_final: float = arg(5e-5, "learning rate after --lr-steps", above=0)
+    lr_steps: int = arg(1600000, "steps over which the learning rate anneals linearly", low=1)
     lr_warmup_steps: int = arg(0, "first steps, in which the learning rate rises linearly from 0 to --lr-initial "
-                                  "(its decay then starts); 0 = none, as in the paper")
-    max_steps: int = arg(2000000, "length of training in steps")
-    minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes; 0 = no limit")
-    val_scenes: int = arg(72, "held-out scenes scored at each validation")
-    val_every: int = arg(5000, "validate every this many steps")
-    log_every: int = arg(100, "log training scalars every this many steps")
-    checkpoint_every: int = arg(5000, "checkpoint every this many steps")
+                                  "(its decay then starts); 0 = none, as in the paper", low=0)
+    max_steps: int = arg(2000000, "length of training in steps", low=1)
+    minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes; 0 = no limit", low=0)
+    val_scenes: int = arg(72, "held-out scenes scored at each validation (at most the test split's)", low=1)
+    val_every: int = arg(5000, "validate every this many steps", low=1)
+    log_every: int = arg(100, "log training scalars every this many steps", low=1)
+    checkpoint_every: int = arg(5000, "checkpoint every this many steps", low=1)
     log_dir: str = arg("runs", "runs are made in LOG_DIR/DATASET-TIME[-SUFFIX]")
     run_suffix: str = arg("", "appended to the run name")
-    gpus: str = arg("", "comma-separated GPU ids, e.g. 0,1 (data parallel); empty = CPU")
+    devices: str = arg("cpu", "comma-separated cpu, cpu:N or gpu:N, e.g. gpu:0,gpu:1: each batch is split over "
+                              "them (data parallel)")
     kvstore: str = arg("device", "MXNet kvstore; dist_* for several machines (see README)",
                        ["device", "local", "dist_sync", "dist_device_sync", "dist_async"])
     micro_batch: int = arg(0, "scenes per forward/backward pass on each device: passes add their gradients, so "
-                              "a step is unchanged and needs only one pass's memory; 0 = the device's whole share")
-    workers: int = arg(2, "data-decoding threads")
-    seed: int = arg(0, "seed of data order, context draws, noise and initialisation")
-    synthetic_scenes: int = arg(2000, "training scenes rendered for a synthetic family (test: 1/10)")
-    image_size: int = arg(64, "frame size rendered for a synthetic family (converted data: from its manifest)")
+                              "a step is unchanged and needs only one pass's memory; 0 = the device's whole share",
+                           low=0)
+    workers: int = arg(cli.DEFAULT_WORKERS, "data-decoding threads; 0 = in the training thread", low=0)
+    seed: int = arg(0, "seed of data order, context draws, noise and initialisation", low=0)
+    train_scenes: int = arg(2000, "training scenes of a synthetic family, rendered on first use (test split: a "
+                                  "tenth; gqn/datasets.py names the dataset by them)", low=1)
+    image_size: int = arg(64, "frame size rendered for a synthetic family (converted data: from its manifest)", low=4)
 
 
 PRESETS = {
@@ -86,26 +84,43 @@ PRESETS = {
                      hidden=48, r_channels=64, kernel=3, sigma_initial=2.0, sigma_final=2.0, sigma_steps=500,
                      lr_initial=1e-3, lr_final=2.5e-4, lr_steps=3000, lr_warmup_steps=250, max_steps=100000,
                      minutes=10.0, val_scenes=64, val_every=250, log_every=25, checkpoint_every=250,
-                     synthetic_scenes=2000),
+                     train_scenes=2000),
     "dry-run": dict(dataset="rooms_ring", image_size=16, batch_size=4, max_context=3, steps=2, latent=4, hidden=8,
                     r_channels=8, max_steps=4, val_scenes=4, val_every=2, log_every=1, checkpoint_every=2,
-                    synthetic_scenes=16, workers=0),
+                    train_scenes=40, workers=0),
 }
 
 
+FLAG_NAMES = {"steps": "generation-steps"}  # L, beside --max-steps, --lr-steps and --sigma-steps
+
+
+def add_flag(parser, f):
+    """One flag of a config field: --x/--no-x for a boolean, else typed and checked against its valid range."""
+    flag, meta = "--" + FLAG_NAMES.get(f.name, f.name.replace("_", "-")), f.metadata
+    help = "%s (default: %s)" % (meta["help"], f.default)
+    if f.type is bool:
+        parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                            help=meta["help"])
+    elif f.name == "devices":
+        parser.add_argument(flag, dest=f.name, type=lambda text: cli.format_devices(cli.device_list(text)),
+                            default=f.default, metavar="LIST", help=help)
+    else:
+        kind = f.type if f.type is str else cli.bounded(f.type, meta["low"], above=meta["above"])
+        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=meta["choices"], help=help)
+
+
 def parse_args(argv=None):
-    """-> (args, TrainConfig, {model flag: value}); the model's flags are core.ModelConfig's fields."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    """-> (args, TrainConfig, {model flag: value}); the model's flags are core.ModelConfig's fields. Every value is
+    checked here, before anything is written or rendered."""
+    parser = cli.Parser(__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="defaults for a purpose (flags still win): "
                         + "; ".join("%s: %s" % (k, v) for k, v in PRESETS.items()))
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN from its checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="same as --preset dry-run: seconds, tiny data")
-    parser.add_argument("--run-dir", help="exact run directory (default: LOG_DIR/DATASET-TIME[-SUFFIX])")
+    parser.add_argument("--run-dir", metavar="RUN", help="the new run's directory (default: "
+                        "LOG_DIR/DATASET-TIME[-SUFFIX])")
     for f in list(dataclasses.fields(TrainConfig)) + MODEL_FLAGS:
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=_flag_bool if f.type is bool else f.type, default=f.default,
-                            choices=f.metadata["choices"], help="%s (default: %s)" % (f.metadata["help"], f.default))
+        add_flag(parser, f)
     args = parser.parse_args(argv)
     preset = "dry-run" if args.dry_run else args.preset
     if preset:
@@ -113,32 +128,24 @@ def parse_args(argv=None):
         args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     model = {f.name: getattr(args, f.name) for f in MODEL_FLAGS}
-    for name in ("sigma_initial", "sigma_final", "lr_initial", "lr_final", "batch_size", "max_steps"):
-        if values[name] <= 0:
-            parser.error("--%s %s: must be positive" % (name.replace("_", "-"), values[name]))
-    if model["steps"] <= 0:
-        parser.error("--steps %s: must be positive" % model["steps"])
-    if not 0 <= values["lr_warmup_steps"] < values["lr_steps"]:
+    if not values["lr_warmup_steps"] < values["lr_steps"]:
         parser.error("--lr-warmup-steps %d: valid 0..%d (fewer than --lr-steps)"
                      % (values["lr_warmup_steps"], values["lr_steps"] - 1))
+    if values["image_size"] % core.SCALE:
+        parser.error("--image-size %d: must be a multiple of %d" % (values["image_size"], core.SCALE))
+    problem = cli.gpu_problem(cli.device_list(values["devices"]))
+    if problem:
+        parser.error(problem)
     return args, TrainConfig(**values), model
 
 
 def prepare_data(config):
     """-> (root, train manifest) of the dataset; a synthetic family is rendered on first use."""
-    root = dataset_root(config.data_dir, config.dataset, config.image_size, config.synthetic_scenes)
-    if config.dataset in SYNTHETIC_FAMILIES:
-        test_scenes = max(config.synthetic_scenes // 10, config.val_scenes)
-        try:
-            ensure_synthetic(root, config.dataset, config.synthetic_scenes, test_scenes, config.image_size, seed=0)
-        except ValueError as error:
-            raise SystemExit("train_gqn.py: %s" % error)
-    for split in ("train", "test"):
-        manifest = os.path.join(root, split, "manifest.json")
-        if not os.path.exists(manifest):
-            raise SystemExit("train_gqn.py: dataset %r not found: %s is missing. Convert DeepMind's TFRecords with "
-                             "data/gqn_data_to_recordio.py (data/README.md) into --data-dir, or train on a synthetic "
-                             "family: --dataset %s" % (config.dataset, manifest, " | ".join(SYNTHETIC_FAMILIES)))
+    root = dataset_root(config.data_dir, config.dataset, config.image_size, config.train_scenes)
+    try:
+        ensure_dataset(root, config.dataset, config.image_size, config.train_scenes, SPLITS, config.workers)
+    except (OSError, ValueError) as error:  # OSError: e.g. no permission to write a synthetic split
+        raise SystemExit("train_gqn.py: %s" % error)
     with open(os.path.join(root, "train", "manifest.json")) as f:
         return root, json.load(f)
 
@@ -156,12 +163,12 @@ def max_context(config, manifest):
 # process picks these at start anyway). The rest makes the run what it is (model, data, batch, seed): changing it
 # is a new run.
 RESUMABLE = ("sigma_initial", "sigma_final", "sigma_steps", "lr_initial", "lr_final", "lr_steps", "lr_warmup_steps",
-             "max_steps", "minutes", "val_every", "log_every", "checkpoint_every", "workers", "micro_batch", "gpus",
+             "max_steps", "minutes", "val_every", "log_every", "checkpoint_every", "workers", "micro_batch", "devices",
              "amp", "data_dir")
 
 
 def flag(name):
-    return "--" + name.replace("_", "-")
+    return "--" + FLAG_NAMES.get(name, name.replace("_", "-"))
 
 
 def resume_config(args, config, model_values, argv):
@@ -173,12 +180,12 @@ def resume_config(args, config, model_values, argv):
                          % (args.resume, args.resume))
     state = checkpoint.load_state(found)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    saved = TrainConfig(**{name: value for name, value in state["config"].items() if name in known})
+    saved = TrainConfig(**{name: value for name, value in saved_config(state).items() if name in known})
     given = {token.split("=", 1)[0] for token in (argv if argv is not None else sys.argv[1:])}
     changes = {}
     for name, value, before in ([(n, getattr(config, n), getattr(saved, n)) for n in sorted(known)]
                                 + [(n, v, state["model"][n]) for n, v in sorted(model_values.items())]):
-        if flag(name) not in given or value == before:
+        if not {flag(name), "--no-" + flag(name)[2:]} & given or value == before:
             continue
         if name not in RESUMABLE:
             raise SystemExit("train_gqn.py: --resume %s: %s %s differs from the run's %s and cannot change on resume "
@@ -272,6 +279,40 @@ def save(run, step):
     run.last_good = step
 
 
+class Progress:
+    """The terminal's progress bar, counting finished steps: a step is finished when its loss values are ready.
+
+    MXNet's engine runs asynchronously: train_step returns as soon as the step is queued. Waiting for the previous
+    step's loss before counting keeps one step queued (the engine never idles) while the bar moves at the speed
+    steps really finish. With a deadline (--minutes) the bar's total is the step the run will reach by then, at
+    the rate so far, so its ETA is the deadline.
+    """
+
+    def __init__(self, step, max_steps, deadline, enabled):
+        self.max_steps, self.deadline = max_steps, deadline
+        self.bar = tqdm(total=max_steps, initial=step, unit="step", disable=not enabled, dynamic_ncols=True)
+        self.started, self.start_step, self.pending = time.time(), step, None
+
+    def queued(self, terms):
+        """Count the step before the one just queued (`terms`) once it has finished."""
+        if self.pending is not None:
+            self.finished(self.pending)
+        self.pending = terms
+
+    def finished(self, terms):
+        terms[0]["elbo"].wait_to_read()
+        self.bar.update(1)
+        done, now = self.bar.n - self.start_step, time.time()
+        if self.deadline < float("inf") and done:
+            reach = self.bar.n + done / (now - self.started) * max(self.deadline - now, 0)
+            self.bar.total = int(min(self.max_steps, max(reach, self.bar.n)))
+
+    def close(self):
+        if self.pending is not None:
+            self.finished(self.pending)
+        self.bar.close()
+
+
 def train(run, step, stop):
     """The loop, in a fixed order: schedule -> forward/backward -> step -> log -> validate -> checkpoint."""
     config, log = run.config, run.log
@@ -280,8 +321,8 @@ def train(run, step, stop):
     deadline = time.time() + 60 * config.minutes if config.minutes > 0 else float("inf")
     batches = training.training_batches(run.root, config.batch_size, run.k, config.seed + run.rank, config.workers,
                                         step)
-    bar = tqdm(total=config.max_steps, initial=step, unit="step", disable=run.rank != 0, dynamic_ncols=True)
-    tick, tick_step, terms = time.time(), step, None
+    progress = Progress(step, config.max_steps, deadline, run.rank == 0)
+    tick, tick_step, terms, validated = time.time(), step, None, None
     while step < config.max_steps and not stop and time.time() < deadline:
         sigma, lr = sigma_at(step), lr_at(step)
         run.trainer.set_learning_rate(lr)
@@ -289,7 +330,7 @@ def train(run, step, stop):
         terms = training.train_step(run.model, run.trainer, next(batches), run.ctxs, sigma, config.batch_size,
                                     config.micro_batch)
         step += 1
-        bar.update(1)
+        progress.queued(terms)
         if step % config.log_every == 0:
             values = training.mean_terms(terms)
             check_finite(values, step, run)
@@ -297,17 +338,18 @@ def train(run, step, stop):
             tick, tick_step = time.time(), step
             log.scalars("train", dict(values, samples_per_s=speed), step)
             log.scalars("schedule", {"lr": lr, "sigma": sigma}, step)
-            bar.set_postfix(elbo="%.1f" % values["elbo"], kl="%.1f" % values["kl"], mse="%.4f" % values["mse"],
-                            samples_s="%.1f" % speed)
+            progress.bar.set_postfix(elbo="%.1f" % values["elbo"], kl="%.3g" % values["kl"],
+                                     mse="%.4f" % values["mse"], samples_s="%.1f" % speed)
         if step % config.val_every == 0 and run.rank == 0:
             run_validation(run, step, sigma)
+            validated = step
         if step % config.checkpoint_every == 0:
             save(run, step)
-    bar.close()
+    progress.close()
     if terms is not None and run.last_good != step:
         save(run, step)
-        if run.rank == 0:
-            run_validation(run, step, sigma_at(step))
+    if terms is not None and run.rank == 0 and validated != step:
+        run_validation(run, step, sigma_at(step))
     return step
 
 
@@ -320,10 +362,10 @@ def run_validation(run, step, sigma):
 
 
 def devices(config):
-    ctxs = [mx.gpu(int(i)) for i in config.gpus.split(",")] if config.gpus else [mx.cpu()]
+    ctxs = cli.contexts(cli.device_list(config.devices))
     if config.batch_size % len(ctxs):
-        raise SystemExit("train_gqn.py: --batch-size %d does not split evenly over %d devices (--gpus %s)"
-                         % (config.batch_size, len(ctxs), config.gpus))
+        raise SystemExit("train_gqn.py: --batch-size %d does not split evenly over %d devices (--devices %s)"
+                         % (config.batch_size, len(ctxs), config.devices))
     return ctxs
 
 
@@ -349,7 +391,7 @@ def choose_precision(config, ctx):
     """-> (mixed precision on?, why): --amp when given, else whichever gqn/amp.py finds faster on `ctx`."""
     if config.amp is None:
         return amp.preferred(ctx)
-    return config.amp, "%s: --amp %d" % ("mixed" if config.amp else "fp32", config.amp)
+    return config.amp, "%s: %s" % ("mixed" if config.amp else "fp32", "--amp" if config.amp else "--no-amp")
 
 
 def main(argv=None):
@@ -360,7 +402,13 @@ def main(argv=None):
         if args.run_dir:
             raise SystemExit("train_gqn.py: --run-dir %s with --resume %s: --resume names the run directory; give it "
                              "alone" % (args.run_dir, args.resume))
-    run_dir = args.resume or args.run_dir or new_run_dir(config.log_dir, config.dataset, config.run_suffix)
+    # Paths are stored absolute, so the run resumes, evaluates and renders from any current directory; a
+    # resumed run's relative ones (shipped or older runs) are relative to its directory.
+    base = args.resume or os.getcwd()
+    config = dataclasses.replace(config, data_dir=resolve_path(config.data_dir, base),
+                                 log_dir=resolve_path(config.log_dir, base))
+    run_dir = os.path.abspath(args.resume or args.run_dir or new_run_dir(config.log_dir, config.dataset,
+                                                                         config.run_suffix))
     kv, rank, num_workers = training.make_kvstore(config.kvstore)
     held = contextlib.ExitStack()
     if rank == 0:  # one trainer per run directory; the other workers of a dist_* run only read it
@@ -424,6 +472,9 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
         raise SystemExit("train_gqn.py: %s" % error)
     run = Run(config, model, trainer, ctxs, root, k, rank, run_dir, last_good=step if found else None,
               val=val, val_masks=val_masks, log=log)
+    if rank == 0:
+        from gqn.board import write_layout  # late, as RunLog's events: mxboard's protos clash with tensorboard's
+        write_layout(log.events)
     stop = Stop()
     try:
         step = train(run, step, stop)

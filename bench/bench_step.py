@@ -10,7 +10,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
+from gqn import cli, cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
 
 cpu.setup()
 
@@ -81,15 +81,15 @@ def model_config(preset, **overrides):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = cli.Parser(__doc__)
     parser.add_argument("--preset", choices=["paper", "cpu-demo"], default="paper",
                         help="model sizes: the paper's, or train_gqn.py --preset cpu-demo's (default: paper)")
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 36], help="batch sizes (default: 8 36)")
     parser.add_argument("--context", type=int, default=5, help="context views per scene (default: 5)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported (default: 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    parser.add_argument("--canvas-read", type=int, default=0, choices=[0, 1],
-                        help="inference core reads the canvas; 0 matches the PyTorch reference port (default: 0)")
+    parser.add_argument("--canvas-read", action=argparse.BooleanOptionalAction, default=False,
+                        help="inference core reads the canvas; off (the default) matches the PyTorch reference port")
     parser.add_argument("--unshared", action="store_true", help="one core per step (default: shared)")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                         help="fp32 and/or bf16 (AMP) rows (default: fp32)")
@@ -127,8 +127,8 @@ def main():
 
 def run_subprocess(args, batch, precision):
     cmd = [sys.executable, __file__, "--one", "--preset", args.preset, "--batch", str(batch),
-           "--context", str(args.context),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--canvas-read", str(args.canvas_read),
+           "--context", str(args.context), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--canvas-read" if args.canvas_read else "--no-canvas-read",
            "--precision", precision]
     cmd += ["--unshared"] if args.unshared else []
     cmd += ["--dynamic-alloc"] if args.dynamic_alloc else []

@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed unless GQN_DENORMALS=keep
+from gqn import cli, cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed unless GQN_DENORMALS=keep
 
 cpu.setup()
 
@@ -67,7 +67,7 @@ def time_steps(run_dir, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.Parser(__doc__)
     parser.add_argument("--run", help="run directory with a checkpoint (default: train the 250-step model)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per mode (default: 10)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

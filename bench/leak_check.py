@@ -10,7 +10,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
+from gqn import cli, cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
 
 cpu.setup()
 
@@ -44,7 +44,7 @@ def batch_of(rng, config, batch, context):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.Parser(__doc__)
     parser.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
     parser.add_argument("--every", type=int, default=100, help="report RSS every this many steps (default: 100)")
     parser.add_argument("--batch", type=int, default=8, help="scenes per step (default: 8)")

@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from gqn import cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
+from gqn import cli, cpu  # noqa: E402  before mxnet: OpenMP threads, denormals flushed (gqn/cpu.py)
 
 cpu.setup()
 os.environ["MXNET_EXEC_BULK_EXEC_TRAIN"] = "0"
@@ -84,16 +84,16 @@ def gate_conv_gflops(batch, repeats=5):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.Parser(__doc__)
     parser.add_argument("--batch", type=int, default=8, help="scenes per step (default: 8)")
     parser.add_argument("--context", type=int, default=5, help="context views per scene (default: 5)")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps, after 2 warm-up steps (default: 3)")
-    parser.add_argument("--canvas-read", type=int, default=0, choices=[0, 1],
-                        help="inference core reads the canvas; 0 matches the PyTorch reference port (default: 0)")
+    parser.add_argument("--canvas-read", action=argparse.BooleanOptionalAction, default=False,
+                        help="inference core reads the canvas; off (the default) matches the PyTorch reference port")
     parser.add_argument("--top", type=int, default=15, help="operators listed (default: 15)")
     args = parser.parse_args()
 
-    config = core.ModelConfig(canvas_to_inference=bool(args.canvas_read))
+    config = core.ModelConfig(canvas_to_inference=args.canvas_read)
     mx.random.seed(0)
     model = core.GQN(config)
     model.initialize(mx.init.Xavier())

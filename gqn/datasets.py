@@ -48,9 +48,15 @@ def file_stem(index, count):
     return "%0*d-of-%0*d" % (width, index, width, count)
 
 
-def dataset_root(data_dir, dataset, image_size, synthetic_scenes):
-    """DATA_DIR/NAME of converted data; a synthetic family is named by what was rendered (NAME-SIZEpx-SCENES), so
-    datasets of different sizes don't collide."""
+def synthetic_test_scenes(train_scenes):
+    """Scenes in the test split of a synthetic dataset with `train_scenes` training scenes: a tenth."""
+    return max(1, train_scenes // 10)
+
+
+def dataset_root(data_dir, dataset, image_size, train_scenes):
+    """DATA_DIR/NAME of converted data; a synthetic family is named by what was rendered, NAME-SIZEpx-SCENES with
+    SCENES its training scenes, so datasets of different sizes don't collide. gqn.synthetic, the converter and the
+    training, evaluation and rendering tools all find a dataset here."""
     if dataset in SYNTHETIC_FAMILIES:
-        return os.path.join(data_dir, "%s-%dpx-%d" % (dataset, image_size, synthetic_scenes))
+        return os.path.join(data_dir, "%s-%dpx-%d" % (dataset, image_size, train_scenes))
     return os.path.join(data_dir, dataset)

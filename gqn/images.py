@@ -1,9 +1,10 @@
 """Image grids (context views | predictions | ground truth) as one pure numpy function, plus PNG and GIF writers."""
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 PAD = 2          # pixels between tiles
 EMPTY = 0.5      # grey for masked-out context slots
+HEADER = 12      # pixels of the legend row above a grid's tiles
 
 
 def to_uint8(images):
@@ -22,6 +23,21 @@ def prediction_grid(context_frames, context_mask, predictions, targets):
     context = context_frames * mask + EMPTY * (1.0 - mask)
     tiles = np.concatenate([context, predictions, targets[:, None]], axis=1)   # (B, K+P+1, 3, H, W)
     return tile_rows(to_uint8(tiles))
+
+
+def with_header(grid, columns, tile_width):
+    """A legend row above a grid: each (label, number of tile columns) in `columns`, left to right, labels cut to
+    what fits their span. grid (rows, cols, 3) uint8 -> (HEADER + rows, cols, 3)."""
+    header = Image.new("RGB", (grid.shape[1], HEADER), (255, 255, 255))
+    draw, font = ImageDraw.Draw(header), ImageFont.load_default()
+    left = PAD
+    for label, count in columns:
+        span = count * (tile_width + PAD) - PAD
+        while label and draw.textlength(label, font=font) > span:
+            label = label[:-1]
+        draw.text((left, 1), label, fill=(0, 0, 0), font=font)
+        left += count * (tile_width + PAD)
+    return np.concatenate([np.asarray(header), grid])                          # (HEADER + rows, cols, 3)
 
 
 def colour_correlation(predictions, targets):

@@ -6,8 +6,8 @@ import time
 from contextlib import contextmanager
 
 from gqn import checkpoint, images
+from gqn.datasets import SYNTHETIC_FAMILIES, dataset_root, synthetic_test_scenes
 from gqn.files import write_atomically
-from gqn.datasets import dataset_root
 
 
 class WriteFailed(Exception):
@@ -119,8 +119,52 @@ def load_model(path, ctx, build):
     return model, dict(state, directory=directory)
 
 
+RENAMED = {"synthetic_scenes": "train_scenes"}  # training-config keys that older runs stored under other names
+
+
+def saved_config(state):
+    """A run's training config as a dict, with older runs' keys renamed (and their --gpus list as --devices)."""
+    config = {RENAMED.get(name, name): value for name, value in state["config"].items()}
+    if "gpus" in config:
+        gpus = config.pop("gpus")
+        config["devices"] = ",".join("gpu:%s" % i for i in gpus.split(",")) if gpus else "cpu"
+    return config
+
+
+def run_directory(checkpoint_dir):
+    """The run directory of a checkpoint folder: RUN for RUN/checkpoint (or its .old twin), else the folder itself
+    (a shipped model such as assets/demo)."""
+    path = os.path.abspath(checkpoint_dir)
+    return os.path.dirname(path) if os.path.basename(path) in ("checkpoint", "checkpoint.old") else path
+
+
+def resolve_path(path, run_dir):
+    """A path from a run's config: train_gqn.py stores them absolute; a relative one (a shipped model's) is relative
+    to the run directory, so a run works from any current directory."""
+    return os.path.normpath(os.path.join(run_dir, path))
+
+
 def run_dataset_root(state, dataset=None, data_dir=None):
-    """Where a run's dataset lives (from its state's training config), or another DATA_DIR / DATASET."""
-    config = state["config"]
-    return dataset_root(data_dir or config["data_dir"], dataset or config["dataset"], config["image_size"],
-                        config["synthetic_scenes"])
+    """Where a run's dataset lives (from the training config of its state, as load_model returns it), or the same
+    kind of dataset in another DATA_DIR / DATASET."""
+    config = saved_config(state)
+    data_dir = data_dir or resolve_path(config["data_dir"], run_directory(state["directory"]))
+    return dataset_root(data_dir, dataset or config["dataset"], config["image_size"], config["train_scenes"])
+
+
+def ensure_dataset(root, dataset, image_size, train_scenes, splits, workers):
+    """Make sure root/SPLIT holds a dataset for each split: a synthetic family's split is rendered on first use
+    (as train_gqn.py does, the same scenes); converted data must be there. ValueError or FileNotFoundError, one line,
+    saying what to do."""
+    if dataset in SYNTHETIC_FAMILIES:
+        from gqn.synthetic import ensure_synthetic  # the renderer loads only when a dataset must be made
+        scenes = {"train": train_scenes if "train" in splits else 0,
+                  "test": synthetic_test_scenes(train_scenes) if "test" in splits else 0}
+        ensure_synthetic(root, dataset, scenes["train"], scenes["test"], image_size, seed=0, workers=workers or 1)
+    for split in splits:
+        manifest = os.path.join(root, split, "manifest.json")
+        if not os.path.exists(manifest):
+            raise FileNotFoundError(
+                "dataset %r not found: %s is missing. Convert DeepMind's TFRecords with data/gqn_data_to_recordio.py "
+                "(data/README.md) into --data-dir, or use a synthetic family: --dataset %s"
+                % (dataset, manifest, " | ".join(SYNTHETIC_FAMILIES)))

@@ -78,8 +78,9 @@ def train_step(model, trainer, batch, ctxs, sigma, batch_size, micro_batch=0):
     memory of one pass. The noise is drawn for the whole share first, so it does not depend on micro_batch.
     """
     parts = split_batch(batch, ctxs)
-    noises = [mx.nd.random.normal(shape=model.noise_shape(part.target.shape[0]), ctx=part.target.context)
-              for part in parts]
+    # The whole batch's noise, split like the batch, so the update does not depend on the number of devices.
+    noise = mx.nd.random.normal(shape=model.noise_shape(batch.target.shape[0]), ctx=ctxs[0])
+    noises = gluon.utils.split_and_load(noise, ctxs, even_split=True)
     per_device = parts[0].target.shape[0]
     size = micro_batch or per_device
     terms = []
@@ -140,7 +141,8 @@ def validate(model, batches, sigma, seed, query_masks=None):
     n = min(8, batch.target.shape[0])
     grid = images.prediction_grid(batch.context_frames[:n].asnumpy(), batch.context_mask[:n].asnumpy(),
                                   predictions[:n].asnumpy(), batch.target[:n].asnumpy())
-    return metrics, grid
+    columns = [("context", batch.context_frames.shape[1]), ("sample", 1), ("recon", 1), ("truth", 1)]  # prior, posterior
+    return metrics, images.with_header(grid, columns, batch.target.shape[-1])
 
 
 def make_kvstore(name):

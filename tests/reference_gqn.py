@@ -11,7 +11,7 @@ def randomize_latent_heads(model, init):
     """Give the prior/posterior heads random weights (core.GaussianHead starts them at zero, which leaves the
     inference network without gradient until the first update): gradient tests then cover every path."""
     for head in (model.prior, model.posterior):
-        head.conv.weight.initialize(init, force_reinit=True)
+        head.conv.weight.initialize(init, ctx=head.conv.weight.list_ctx(), force_reinit=True)
 
 
 def _conv(x, weight, bias, stride=1):

@@ -13,6 +13,7 @@ import core
 import evaluate_gqn
 import export_gqn
 import render_gqn
+from gqn.images import HEADER
 from gqn.loader import make_loader
 from gqn.predictor import Predictor
 from gqn.runs import load_model, run_dataset_root
@@ -38,7 +39,7 @@ def run(tmp_path_factory):
 
 
 def evaluate(run, out, *flags):
-    evaluate_gqn.main([str(run), "--out", str(out), "--samples", "2"] + [str(f) for f in flags])
+    evaluate_gqn.main([str(run), "--json", str(out), "--samples", "2"] + [str(f) for f in flags])
     with open(out) as f:
         return json.load(f)
 
@@ -74,7 +75,7 @@ def test_evaluation_renders_missing_masks_of_a_synthetic_split(run, tmp_path):
 
 
 def test_every_k_scores_the_same_targets_with_nested_contexts(run):
-    root = run_dataset_root(json.loads((run / "checkpoint" / "state.json").read_text()))
+    root = run_dataset_root(load_model(str(run), mx.cpu(), core.GQN.from_config)[1])
     batches = {k: next(iter(make_loader(root, "test", 4, K, shuffle=False, seed=0, fixed_k=k))) for k in (1, 3)}
     np.testing.assert_array_equal(batches[1].target.asnumpy(), batches[3].target.asnumpy())
     first_view = [batches[k].context_frames[:, 0].asnumpy() for k in (1, 3)]
@@ -90,8 +91,7 @@ def test_evaluation_default_output_goes_into_the_run(run, monkeypatch, tmp_path)
 
 @pytest.mark.parametrize("flags, message", [
     (["--max-context", 12], "--max-context 12: valid 1..9"),
-    (["--split", "train", "--dataset", "jaco"], "jaco/train: convert DeepMind data"),
-    (["--data-dir", "/nonexistent"], "no manifest.json"),
+    (["--split", "train", "--dataset", "jaco"], "dataset 'jaco' not found: .*jaco/train/manifest.json is missing"),
 ])
 def test_evaluation_errors_name_the_bad_value(run, tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message):
@@ -121,7 +121,7 @@ def test_a_checkpoint_with_float16_parameters_loads_as_float32(run, tmp_path):
 
 
 def render(run, out, *flags):
-    render_gqn.main(["--checkpoint", str(run), "--out", str(out)] + [str(f) for f in flags])
+    render_gqn.main([str(run), "--out-dir", str(out)] + [str(f) for f in flags])
     stem = os.path.join(out, "rooms_ring-test-%s" % (flags[flags.index("--scene") + 1] if "--scene" in flags else 0))
     return Image.open(stem + "-ring.gif"), np.asarray(Image.open(stem + "-views.png"))
 
@@ -135,15 +135,16 @@ def test_render_writes_a_ring_gif_and_a_grid_of_held_out_views(run, tmp_path):
         durations.append(gif.info["duration"])
     assert sum(durations) == 36 * 100  # Pillow would merge identical frames, keeping the time: none were
     held_out = VIEWS - 3  # default --context 3; columns: 3 context | 1 prediction | truth
-    assert grid.shape == (held_out * (SIZE + 2) + 2, (3 + 1 + 1) * (SIZE + 2) + 2, 3)
+    assert grid.shape == (HEADER + held_out * (SIZE + 2) + 2, (3 + 1 + 1) * (SIZE + 2) + 2, 3)
     gif, grid = render(run, tmp_path, "--scene", 1, "--views", 8, "--context", 5)
-    assert gif.n_frames == 8 and grid.shape == ((VIEWS - 5) * (SIZE + 2) + 2, (5 + 2) * (SIZE + 2) + 2, 3)
+    assert gif.n_frames == 8 and grid.shape == (HEADER + (VIEWS - 5) * (SIZE + 2) + 2, (5 + 2) * (SIZE + 2) + 2, 3)
 
 
-def test_render_is_fixed_per_seed_and_renders_missing_synthetic_scenes_on_the_spot(run, tmp_path):
+def test_render_is_fixed_per_seed_and_renders_a_missing_synthetic_split_on_first_use(run, tmp_path):
     _, from_disk = render(run, tmp_path / "disk", "--scene", 2)
     _, again = render(run, tmp_path / "again", "--scene", 2)
     _, on_the_spot = render(run, tmp_path / "spot", "--scene", 2, "--data-dir", tmp_path / "no-data")
+    assert (tmp_path / "no-data" / "rooms_ring-16px-40" / "test" / "manifest.json").exists()
     _, other_seed = render(run, tmp_path / "seed", "--scene", 2, "--seed", 1)
     np.testing.assert_array_equal(again, from_disk)
     np.testing.assert_array_equal(on_the_spot, from_disk)
@@ -152,10 +153,10 @@ def test_render_is_fixed_per_seed_and_renders_missing_synthetic_scenes_on_the_sp
 
 def test_render_defaults_to_the_demo_checkpoint_or_says_it_is_missing(run, tmp_path, monkeypatch):
     monkeypatch.setattr(render_gqn, "DEMO", str(tmp_path / "missing"))
-    with pytest.raises(SystemExit, match="no --checkpoint given and the demo checkpoint .*missing is missing"):
-        render_gqn.main(["--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no RUN given and the demo model .*missing is missing"):
+        render_gqn.main(["--out-dir", str(tmp_path)])
     monkeypatch.setattr(render_gqn, "DEMO", str(run / "checkpoint"))
-    render_gqn.main(["--out", str(tmp_path), "--views", "4"])
+    render_gqn.main(["--out-dir", str(tmp_path), "--views", "4"])
     assert Image.open(tmp_path / "rooms_ring-test-0-ring.gif").n_frames == 4
 
 
@@ -167,7 +168,7 @@ def test_render_errors_name_the_bad_value(run, tmp_path, flags, message):
 
 
 def test_exported_renderer_matches_the_model(run, tmp_path):
-    export_gqn.main([str(run), "--out", str(tmp_path)])
+    export_gqn.main([str(run), "--out-dir", str(tmp_path)])
     predictor = Predictor(str(tmp_path))
     model, _ = load_model(str(run), mx.cpu(), core.GQN.from_config)
     rng = np.random.default_rng(0)

@@ -1,6 +1,7 @@
 """train_gqn.py end to end on tiny synthetic data: outputs, TensorBoard events, learning, resume, errors, dist_sync."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 from reference_gqn import randomize_latent_heads
+
+from gqn.images import HEADER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +49,8 @@ def test_dry_run_writes_checkpoint_logs_and_grid(data_dir, tmp_path):
     assert (run / "checkpoint" / "trainer.states").stat().st_size > 0
     from PIL import Image
     grid = np.asarray(Image.open(run / "val-grid-latest.png"))
-    assert grid.shape == (4 * 18 + 2, (3 + 2 + 1) * 18 + 2, 3)  # 4 scenes; 3 context | sample, recon | truth
+    assert grid.shape == (HEADER + 4 * 18 + 2, (3 + 2 + 1) * 18 + 2, 3)  # 4 scenes; 3 context | sample, recon | truth
+    assert (grid[:HEADER] < 128).any() and (grid[:HEADER] == 255).mean() > 0.5  # a legend: dark text on white
     assert len(metrics_of(run, "val")) == 2 and len(metrics_of(run, "train")) == 4
     assert np.asarray(Image.open(run / "curves.png")).shape[2] in (3, 4)
 
@@ -56,8 +60,11 @@ def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
     assert train("--data-dir", data_dir, "--run-dir", run).returncode == 0
     code = ("import mxnet\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
             "ea = EventAccumulator(%r, size_guidance={'images': 0, 'scalars': 0}); ea.Reload()\n"
+            "from tensorboard.plugins.custom_scalar import layout_pb2\n"
+            "layout = layout_pb2.Layout.FromString(ea.Tensors('custom_scalars__config__')[0].tensor_proto.string_val[0])\n"
+            "charts = [[t for t in c.multiline.tag] for g in layout.category for c in g.chart]\n"
             "import json; print(json.dumps({'tags': ea.Tags(), 'elbo': [e.value for e in ea.Scalars('train/elbo')],"
-            " 'image': ea.Images('val/grid')[-1].width}))" % str(run))
+            " 'image': ea.Images('val/grid')[-1].width, 'charts': charts}))" % str(run))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
@@ -69,6 +76,10 @@ def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
         assert tag in found["tags"]["scalars"], tag
     assert "val/grid" in found["tags"]["images"] and found["image"] == (3 + 2 + 1) * 18 + 2
     assert len(found["elbo"]) == 4 and all(np.isfinite(found["elbo"]))
+    beside = [chart for chart in found["charts"] if any(re.match(t, "val/mse_prior_sample") for t in chart)]
+    assert len(beside) == 1  # the model in one chart with both baselines
+    for tag in ("val/mse_nearest_view", "val/mse_mean_context"):
+        assert any(re.match(t, tag) for t in beside[0]), tag
 
 
 def test_resume_continues_the_same_run(data_dir, tmp_path):
@@ -88,28 +99,32 @@ def test_resume_continues_the_same_run(data_dir, tmp_path):
     np.testing.assert_allclose(curve(tmp_path / "half"), curve(tmp_path / "whole"), rtol=1e-5)
 
 
-def sgd_update(micro_batch, seed=3, hybridize=True):
-    """Parameters minus their values after one plain SGD step (lr 1) of gqn.training.train_step: the mean gradient."""
+def sgd_update(micro_batch, seed=3, hybridize=True, ctxs=(mx.cpu(),)):
+    """Parameters minus their values after one plain SGD step (lr 1) of gqn.training.train_step on devices `ctxs`:
+    the mean gradient."""
     import core
     from gqn import training
     from gqn.loader import Batch
     config = core.ModelConfig(image_size=16, steps=2, latent=4, hidden=8, r_channels=8, kernel=3)
     mx.random.seed(seed)
     model = core.GQN(config, prefix="gqn_")  # the same parameter names in both calls
-    model.initialize(mx.init.Xavier())
+    model.initialize(mx.init.Xavier(), ctx=list(ctxs))
     randomize_latent_heads(model, mx.init.Xavier())  # so that every parameter gets a gradient in one step
     if hybridize:
         model.hybridize(static_alloc=True, static_shape=True)
     trainer = mx.gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": 1.0})
-    training.accumulate_gradients(model, 4, micro_batch)
+    training.accumulate_gradients(model, 4 // len(ctxs), micro_batch)
     rng = np.random.default_rng(seed)
     batch = Batch(*(mx.nd.array(a) for a in (rng.uniform(size=(4, 3, 3, 16, 16)), rng.normal(size=(4, 3, 7)),
                                              [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], rng.normal(size=(4, 7)),
                                              rng.uniform(size=(4, 3, 16, 16)))))
-    before = {k: v.data().asnumpy() for k, v in model.collect_params().items()}
+    before = {k: v.data(ctxs[0]).asnumpy() for k, v in model.collect_params().items()}
     mx.random.seed(seed)  # the same noise
-    training.train_step(model, trainer, batch, [mx.cpu()], 0.5, 4, micro_batch)
-    return {k: before[k] - v.data().asnumpy() for k, v in model.collect_params().items()}
+    training.train_step(model, trainer, batch, list(ctxs), 0.5, 4, micro_batch)
+    for ctx in ctxs[1:]:  # every device holds the same updated parameters
+        for name, param in model.collect_params().items():
+            np.testing.assert_array_equal(param.data(ctx).asnumpy(), param.data(ctxs[0]).asnumpy(), err_msg=name)
+    return {k: before[k] - v.data(ctxs[0]).asnumpy() for k, v in model.collect_params().items()}
 
 
 @pytest.mark.parametrize("hybridize", [True, False])
@@ -120,6 +135,32 @@ def test_micro_batches_give_the_same_gradient(hybridize):
         scale = np.linalg.norm(whole[name])
         assert scale > 0, name
         assert np.linalg.norm(micro[name] - whole[name]) <= 1e-4 * scale, name
+
+
+@pytest.mark.parametrize("micro_batch", [0, 1])
+def test_two_devices_give_the_same_update_as_one(micro_batch):
+    """Two CPU contexts run the code path of two GPUs: the batch and its noise split, gradients summed over devices."""
+    one, two = sgd_update(micro_batch), sgd_update(micro_batch, ctxs=(mx.cpu(0), mx.cpu(1)))
+    for name in one:
+        scale = np.linalg.norm(one[name])
+        assert scale > 0, name
+        assert np.linalg.norm(two[name] - one[name]) <= 1e-4 * scale, name
+
+
+def test_training_on_two_devices_checkpoints_and_resumes(data_dir, tmp_path):
+    """train_gqn.py --devices cpu:0,cpu:1 (the data-parallel path), interrupted and resumed, ends where one
+    uninterrupted two-device run ends."""
+    common = ["--data-dir", data_dir, "--devices", "cpu:0,cpu:1", "--checkpoint-every", 2, "--val-every", 100]
+    whole = train(*common, "--run-dir", tmp_path / "whole", "--max-steps", 4)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    half = train(*common, "--run-dir", tmp_path / "half", "--max-steps", 2)
+    assert half.returncode == 0, half.stderr[-2000:]
+    resumed = train("--resume", tmp_path / "half", "--max-steps", 4)
+    assert resumed.returncode == 0 and "resumed at step 2" in resumed.stdout, resumed.stderr[-2000:]
+    a, b = params_of(tmp_path / "whole/checkpoint/model.params"), params_of(tmp_path / "half/checkpoint/model.params")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert json.loads((tmp_path / "half/config.json").read_text())["config"]["devices"] == "cpu:0,cpu:1"
 
 
 def tiny_model_and_batch():
@@ -225,11 +266,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 @pytest.mark.parametrize("flags, message", [
     (["--representation", "cube"], "invalid choice: 'cube' (choose from 'pool', 'pyramid', 'tower')"),
     (["--dataset", "roomz"], "invalid choice: 'roomz'"),
-    (["--shared-cores", "maybe"], "is not a boolean"),
+    (["--shared-cores", "maybe"], "unrecognized arguments: maybe"),
     (["--dataset", "rooms_ring_camera"], "dataset 'rooms_ring_camera' not found"),
     (["--max-context", 12], "--max-context 12: valid 1..9"),
     (["--resume", "/nonexistent/run"], "no checkpoint there"),
-    (["--sigma-final", 0], "--sigma-final 0"),
+    (["--sigma-final", 0], "argument --sigma-final: 0: valid above 0"),
     (["--lr-warmup-steps", 5, "--lr-steps", 5], "--lr-warmup-steps 5: valid 0..4"),
     (["--micro-batch", 3], "--micro-batch 3 does not divide the 4 scenes"),
 ])
