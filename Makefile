@@ -7,10 +7,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench clean-venv
 
-$(STAMP): requirements.txt requirements-convert.txt
+$(STAMP): requirements.txt requirements-common.txt requirements-convert.txt
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-convert.txt
-	$(PY) -c "import mxnet, mxboard, gluoncv, cv2"
+	$(PY) -c "import mxnet, mxboard, cv2"
 	touch $(STAMP)
 
 DEMO_RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)

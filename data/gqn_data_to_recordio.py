@@ -1,17 +1,20 @@
 """Convert DeepMind's gqn-datasets TFRecords into our indexed RecordIO shards, one shard per input file.
 
-    python data/gqn_data_to_recordio.py rooms_ring_camera --root /data/gqn-dataset --out /data/gqn --workers 4
-    python data/gqn_data_to_recordio.py rooms_ring_camera --out /data/gqn --verify
+Examples (the third converts what python -m gqn.synthetic --tfrecord-dir /tmp/gqn-tf --train-scenes 500 wrote):
+  python data/gqn_data_to_recordio.py --dataset rooms_ring_camera --tfrecord-dir /data/gqn --data-dir datasets
+  python data/gqn_data_to_recordio.py --dataset rooms_ring_camera --data-dir datasets --verify
+  python data/gqn_data_to_recordio.py --dataset rooms_ring --train-scenes 500 --tfrecord-dir /tmp/gqn-tf --data-dir .
 
-Reads ROOT/NAME/{train,test}/*.tfrecord and writes OUT/NAME/{train,test}/{stem}.rec + .idx (the stem of the
-input file), then {stem}.source.json (the source file's size and mtime: the shard is finished), and last
+Reads TFRECORD_DIR/NAME/{train,test}/*.tfrecord and writes DATA_DIR/NAME/{train,test}/{stem}.rec + .idx (the
+stem of the input file), then {stem}.source.json (the source file's size and mtime: the shard is finished), and last
 manifest.json. Every record is checked (both CRCs, the two features, S frames and 5*S finite cameras, each
 frame a colour JPEG of the dataset's size); JPEG bytes are copied verbatim. A rerun keeps each finished shard
 whose source is unchanged and whose files check out and redoes the others, so an interrupted conversion ends
-byte-identical to an uninterrupted one. One converter at a time per OUT/NAME: OUT/NAME/convert.lock holds its
-pid. --verify reads every record of a converted dataset and checks it against its checksum and the manifest.
+byte-identical to an uninterrupted one. One converter at a time per DATA_DIR/NAME: DATA_DIR/NAME/convert.lock
+holds its pid. --verify reads every record of a converted dataset and checks it against its checksum and the
+manifest. A synthetic family's NAME follows the rule of every other tool, NAME-SIZEpx-SCENES (--image-size,
+--train-scenes), as python -m gqn.synthetic --tfrecord-dir writes it.
 """
-import argparse
 import concurrent.futures
 import contextlib
 import json
@@ -23,8 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gqn import locks, processes, scene_format, tfrecord  # noqa: E402  (needs the repository root on sys.path)
-from gqn.datasets import ALL_DATASETS, SPLITS, expected_files, get_dataset  # noqa: E402
+from gqn import cli, locks, processes, scene_format, tfrecord  # noqa: E402  (needs the repository root on sys.path)
+from gqn.datasets import (ALL_DATASETS, SPLITS, SYNTHETIC_FAMILIES, dataset_root,  # noqa: E402
+                          expected_files, get_dataset)
 from gqn.files import fsync_path  # noqa: E402
 
 SUFFIX = ".tfrecord"
@@ -181,10 +185,12 @@ def _finished(result, bar):
     bar.update(1)
 
 
-def convert_split(info, root, out, split, workers=1):
-    """Convert ROOT/NAME/split into OUT/NAME/split (keeping finished, current shards); its manifest."""
-    paths = _source_files(root, info, split)
-    split_dir = os.path.join(out, info.name, split)
+def convert_split(info, root, out, split, workers=1, folder=None):
+    """Convert ROOT/FOLDER/split into OUT/FOLDER/split (keeping finished, current shards); its manifest. FOLDER is
+    the dataset's directory name (default: its name)."""
+    folder = folder or info.name
+    paths = _source_files(root, info, split, folder)
+    split_dir = os.path.join(out, folder, split)
     os.makedirs(split_dir, exist_ok=True)
     scene_format.remove_temporary_files(split_dir)
     stems = [os.path.basename(p)[:-len(SUFFIX)] for p in paths]
@@ -212,12 +218,12 @@ def convert_split(info, root, out, split, workers=1):
     return manifest
 
 
-def _source_files(root, info, split):
+def _source_files(root, info, split, folder):
     """Sorted paths of the split's TFRecord files, with a note when the download is partial."""
-    src_dir = os.path.join(root, info.name, split)
+    src_dir = os.path.join(root, folder, split)
     if not os.path.isdir(src_dir):
-        raise ConversionError("missing split directory %s (expected ROOT/%s/%s/*%s)"
-                              % (src_dir, info.name, split, SUFFIX))
+        raise ConversionError("missing split directory %s (expected TFRECORD_DIR/%s/%s/*%s)"
+                              % (src_dir, folder, split, SUFFIX))
     names = sorted(n for n in os.listdir(src_dir) if n.endswith(SUFFIX))
     if not names:
         raise ConversionError("no *%s files in %s" % (SUFFIX, src_dir))
@@ -307,35 +313,38 @@ def verify(out, name, splits):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("dataset", help="one of: %s (with --verify: any directory in OUT)" % ", ".join(ALL_DATASETS))
-    parser.add_argument("--root", help="directory holding NAME/{train,test} (required unless --verify)")
-    parser.add_argument("--out", required=True, help="output root; shards go to OUT/NAME/SPLIT")
+    parser = cli.Parser(__doc__)
+    parser.add_argument("--dataset", required=True, choices=list(ALL_DATASETS), metavar="NAME",
+                        help="one of: " + ", ".join(ALL_DATASETS))
+    parser.add_argument("--tfrecord-dir", help="directory holding NAME/{train,test}/*.tfrecord (required unless "
+                        "--verify)")
+    parser.add_argument("--data-dir", required=True, help="data root to write; shards go to DATA_DIR/NAME/SPLIT")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
                         help="default: train test")
-    parser.add_argument("--workers", type=int, default=1, help="parallel files (default: 1)")
+    parser.add_argument("--image-size", type=cli.bounded(int, 4), default=64,
+                        help="a synthetic family's frame size, part of its NAME (default: 64)")
+    parser.add_argument("--train-scenes", type=cli.bounded(int, 1), default=2000,
+                        help="a synthetic family's training scenes, part of its NAME (default: 2000)")
+    cli.add_workers(parser, "processes converting a file each")
     parser.add_argument("--verify", action="store_true",
-                        help="check every record of OUT/NAME against its checksum and the manifest; exit 1 on "
+                        help="check every record of DATA_DIR/NAME against its checksum and the manifest; exit 1 on "
                              "any problem")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers %d: must be at least 1" % args.workers)
-    try:
-        info = get_dataset(args.dataset)
-    except ValueError as err:
-        if not (args.verify and os.path.isdir(os.path.join(args.out, args.dataset))):  # e.g. train_gqn.py's
-            parser.error(str(err))                                                      # synthetic sets
-    if not args.verify and args.root is None:
-        parser.error("--root is required (unless --verify)")
+    if not args.verify and args.tfrecord_dir is None:
+        parser.error("--tfrecord-dir is required (unless --verify)")
+    info = get_dataset(args.dataset)
+    if args.dataset in SYNTHETIC_FAMILIES:
+        info = info._replace(frame_size=args.image_size)
+    folder = os.path.basename(dataset_root("", args.dataset, args.image_size, args.train_scenes))
     try:
         if args.verify:
-            return verify(args.out, args.dataset, args.splits)
-        with locks.directory_lock(os.path.join(args.out, info.name), LOCK):
+            return verify(args.data_dir, folder, args.splits)
+        with locks.directory_lock(os.path.join(args.data_dir, folder), LOCK):
             for split in args.splits:
-                manifest = convert_split(info, args.root, args.out, split, args.workers)
+                manifest = convert_split(info, args.tfrecord_dir, args.data_dir, split, args.workers, folder)
                 print("%s/%s: %d scenes in %d shards -> %s" % (
-                    info.name, split, manifest["scene_count"], len(manifest["shards"]),
-                    os.path.join(args.out, info.name, split)), file=sys.stderr)
+                    folder, split, manifest["scene_count"], len(manifest["shards"]),
+                    os.path.join(args.data_dir, folder, split)), file=sys.stderr)
     except ConversionError as err:
         print("error: %s" % err, file=sys.stderr)
         return 1

@@ -1,13 +1,17 @@
 """Synthetic GQN scenes (ring-camera rooms, Shepard-Metzler cube chains) written as our RecordIO or DeepMind's TFRecords.
 
-    python -m gqn.synthetic --family rooms_ring --out scenes/rooms_ring --train-scenes 2000 --test-scenes 200
+Examples:
+  python -m gqn.synthetic --dataset rooms_ring --data-dir datasets --train-scenes 2000       (datasets/rooms_ring-64px-2000)
+  python -m gqn.synthetic --dataset rooms_ring --tfrecord-dir /tmp/gqn-tf --train-scenes 500   (DeepMind's layout)
+
+The dataset is DATA_DIR/NAME-SIZEpx-SCENES with a test split of SCENES/10, the one train_gqn.py, evaluate_gqn.py
+and render_gqn.py look for (and render on first use) with the same --dataset, --image-size and --train-scenes.
 
 Scene i of a split is drawn from its own random stream, seeded by (seed, split, i): the output is
 the same for any number of workers, and train and test never share a stream. The training CLI
 calls `ensure_synthetic`, which generates a split only when its manifest is missing. RecordIO splits
 carry each view's object mask beside their shards (gqn.masks).
 """
-import argparse
 import contextlib
 import multiprocessing
 import os
@@ -19,8 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from gqn import masks, render, scene_format, tfrecord
-from gqn.datasets import SYNTHETIC_FAMILIES, SPLITS, file_stem, get_dataset
+from gqn import cli, masks, render, scene_format, tfrecord
+from gqn.datasets import SYNTHETIC_FAMILIES, SPLITS, dataset_root, file_stem, get_dataset, synthetic_test_scenes
 from gqn.processes import init_worker
 
 FORMATS = ("recordio", "tfrecord")
@@ -227,7 +231,7 @@ def write_split(out_dir, family, split, scenes, image_size=64, seed=0, fmt="reco
 def _check_existing(manifest, family, scenes, image_size, seed, split_dir):
     """Raise ValueError when an existing split was made with other settings than asked for."""
     have = (manifest["dataset"], manifest["scene_count"], manifest["frame_size"],
-            manifest["source"].get("seed"))
+            manifest["source"].get("seed", seed))  # converted TFRecords carry no seed
     want = (family, scenes, image_size, seed)
     if have != want:
         raise ValueError("%s holds (family, scenes, image size, seed) = %s, not the requested %s; "
@@ -258,29 +262,25 @@ def ensure_synthetic(root, family="rooms_ring", train_scenes=2000, test_scenes=2
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", required=True, choices=sorted(SYNTHETIC_FAMILIES))
-    parser.add_argument("--out", required=True,
-                        help="output directory; DIR/train and DIR/test are replaced")
-    parser.add_argument("--train-scenes", type=int, default=2000, help="default: 2000")
-    parser.add_argument("--test-scenes", type=int, default=200, help="default: 200")
-    parser.add_argument("--format", default="recordio", choices=FORMATS,
-                        help="our RecordIO shards + manifest, or DeepMind's TFRecords "
-                             "(default: recordio)")
-    parser.add_argument("--image-size", type=int, default=64, help="default: 64")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="render processes (default: all CPUs, %d)" % os.cpu_count())
-    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser = cli.Parser(__doc__)
+    parser.add_argument("--dataset", required=True, choices=sorted(SYNTHETIC_FAMILIES), help="synthetic family")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--data-dir", help="data root to write our RecordIO into, as DATA_DIR/NAME-SIZEpx-SCENES")
+    out.add_argument("--tfrecord-dir", help="root to write DeepMind's TFRecord layout into, as "
+                     "TFRECORD_DIR/NAME-SIZEpx-SCENES (for data/gqn_data_to_recordio.py)")
+    parser.add_argument("--train-scenes", type=cli.bounded(int, 1), default=2000,
+                        help="training scenes; the test split gets a tenth (default: 2000)")
+    parser.add_argument("--image-size", type=cli.bounded(int, 4), default=64, help="frame size (default: 64)")
+    cli.add_workers(parser, "render processes")
     args = parser.parse_args(argv)
-    for split, scenes in zip(SPLITS, (args.train_scenes, args.test_scenes)):
-        if scenes > 0:
-            start = time.time()
-            write_split(args.out, args.family, split, scenes, args.image_size, args.seed,
-                        args.format, args.workers)
-            seconds = time.time() - start
-            print("%s %s: %d scenes in %.1f s (%.1f scenes/s) -> %s" % (
-                args.family, split, scenes, seconds, scenes / seconds,
-                os.path.join(args.out, split)), file=sys.stderr)
+    fmt = "recordio" if args.data_dir else "tfrecord"
+    root = dataset_root(args.data_dir or args.tfrecord_dir, args.dataset, args.image_size, args.train_scenes)
+    for split, scenes in zip(SPLITS, (args.train_scenes, synthetic_test_scenes(args.train_scenes))):
+        start = time.time()
+        write_split(root, args.dataset, split, scenes, args.image_size, 0, fmt, args.workers)
+        seconds = time.time() - start
+        print("%s %s: %d scenes in %.1f s (%.1f scenes/s) -> %s" % (
+            args.dataset, split, scenes, seconds, scenes / seconds, os.path.join(root, split)), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -176,3 +176,39 @@ def test_the_bar_counts_finished_steps_and_aims_at_the_deadline(monkeypatch):
     assert progress.bar.total == 11 + 24                  # 1 step per 4 s, 96 s to the deadline
     progress.close()
     assert waited == [11, 12] and progress.bar.n == 12
+
+
+SMALL_MODEL = ["--max-steps", 1, "--val-every", 1, "--checkpoint-every", 1, "--log-every", 1, "--batch-size", 2,
+               "--val-scenes", 2, "--generation-steps", 1, "--hidden", 8, "--latent", 4, "--r-channels", 8]
+
+
+def readme_commands(section):
+    """The shell commands of data/README.md's `section`, as written."""
+    with open(os.path.join(ROOT, "data", "README.md")) as f:
+        text = f.read().split("## " + section, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+    return [line.split("#")[0].split() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_the_data_readme_synthetic_examples_make_data_that_training_finds(tmp_path):
+    """Each command as data/README.md shows it, with fewer scenes, a tiny model and paths under tmp_path: training
+    must read what gqn.synthetic (and the converter) wrote, not render its own."""
+    commands = readme_commands("Synthetic scenes")
+    assert [c[1] if c[1] != "-m" else c[2] for c in commands].count("train_gqn.py") == 3
+    fewer = {"2000": 20, "5000": 30, "500": 20}
+    for number, words in enumerate(commands):
+        words = [str(tmp_path / "data") if w == "datasets" else str(tmp_path / "tf") if w == "/tmp/gqn-tf" else w
+                 for w in words]
+        words = [str(fewer[w]) if i and words[i - 1] == "--train-scenes" else w for i, w in enumerate(words)]
+        if words[1] == "train_gqn.py":
+            scenes = {w: os.stat(os.path.join(tmp_path / "data", w)).st_mtime_ns for w in os.listdir(tmp_path / "data")}
+            extra = [] if "--train-scenes" in words else ["--train-scenes", 20]  # the preset's 2000, made smaller
+            done = command(*words[1:], *extra, *SMALL_MODEL, "--run-dir", tmp_path / ("run%d" % number))
+            assert done.returncode == 0, (words, done.stderr[-2000:])
+            assert "scene/s" not in done.stderr, words  # nothing rendered: it found the dataset
+            assert scenes == {w: os.stat(os.path.join(tmp_path / "data", w)).st_mtime_ns for w in scenes}
+        else:
+            tool = " ".join(words[1:3]) if words[1] == "-m" else words[1]
+            done = command(tool, *words[3 if words[1] == "-m" else 2:])
+            assert done.returncode == 0, (words, done.stderr[-2000:])
+    assert sorted(os.listdir(tmp_path / "data")) == ["rooms_ring-32px-20", "rooms_ring-64px-20", "shepard_metzler-64px-30"]

@@ -18,16 +18,17 @@ if "gqn_data_to_recordio" not in sys.modules:  # one module object, so worker pr
     sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules[_spec.name])
 convert = sys.modules["gqn_data_to_recordio"]
+FOLDER = "rooms_ring-64px-8"  # the naming rule of gqn.datasets.dataset_root: 8 training scenes of 64px
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """DeepMind-layout TFRecords of synthetic rooms: ROOT/rooms_ring/{train (3 files), test (1)}."""
+    """DeepMind-layout TFRecords of synthetic rooms: ROOT/rooms_ring-64px-8/{train (3 files), test (1)}."""
     root = tmp_path_factory.mktemp("tfrecords")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(synthetic, "SCENES_PER_SHARD", 3)
         for split, scenes in (("train", 8), ("test", 2)):
-            synthetic.write_split(str(root / "rooms_ring"), "rooms_ring", split, scenes,
+            synthetic.write_split(str(root / FOLDER), "rooms_ring", split, scenes,
                                   fmt="tfrecord", seed=5)
     return root
 
@@ -45,18 +46,19 @@ def _files(directory):
 
 def _copy(source, tmp_path):
     shutil.copytree(source, tmp_path / "in")
-    return tmp_path / "in", tmp_path / "in" / "rooms_ring" / "train"
+    return tmp_path / "in", tmp_path / "in" / FOLDER / "train"
 
 
 def test_round_trip_keeps_jpeg_bytes_and_cameras(source, tmp_path):
-    code, err = _run("rooms_ring", "--root", str(source), "--out", str(tmp_path), "--workers", "2")
+    code, err = _run("--dataset", "rooms_ring", "--train-scenes", "8", "--tfrecord-dir", str(source), "--data-dir",
+                     str(tmp_path), "--workers", "2")
     assert code == 0, err
-    assert "rooms_ring/train: 8 scenes in 3 shards" in err
-    scenes = loader.SceneDataset(str(tmp_path / "rooms_ring"), "train")
+    assert FOLDER + "/train: 8 scenes in 3 shards" in err
+    scenes = loader.SceneDataset(str(tmp_path / FOLDER), "train")
     assert [s["source"] for s in scenes.manifest["shards"]] == [
         "1-of-3.tfrecord", "2-of-3.tfrecord", "3-of-3.tfrecord"]
     expected = [tfrecord.decode_scene_example(r, 10) for name in ("1-of-3", "2-of-3", "3-of-3")
-                for r in tfrecord.read_records(str(source / "rooms_ring" / "train" / (name + ".tfrecord")))]
+                for r in tfrecord.read_records(str(source / FOLDER / "train" / (name + ".tfrecord")))]
     assert len(scenes) == len(expected) == 8
     for (frames, cameras), (want_frames, want_cameras) in zip(scenes, expected):
         assert frames == want_frames
@@ -78,21 +80,22 @@ def test_bad_record_is_one_clear_line_and_leaves_nothing_partial(source, tmp_pat
         path = train / "3-of-3.tfrecord"
         data = path.read_bytes()[:-100]
     path.write_bytes(bytes(data))
-    code, err = _run("rooms_ring", "--root", str(root), "--out", str(tmp_path / "out"))
+    code, err = _run("--dataset", "rooms_ring", "--train-scenes", "8", "--tfrecord-dir", str(root), "--data-dir",
+                     str(tmp_path / "out"))
     lines = [line for line in err.splitlines() if line.startswith("error")]
     assert code == 1 and len(lines) == 1 and message in lines[0] and str(path) in lines[0]
-    left = os.listdir(tmp_path / "out" / "rooms_ring" / "train")
+    left = os.listdir(tmp_path / "out" / FOLDER / "train")
     assert not [n for n in left if n.startswith(path.stem) or n.endswith(".tmp")]
     assert "manifest.json" not in left
 
 
 def test_wrong_name_missing_split_and_partial_download(source, tmp_path):
-    code, err = _run("rooms_ring_camerA", "--root", str(source), "--out", str(tmp_path))
-    assert code == 2 and "unknown dataset 'rooms_ring_camerA'" in err
+    code, err = _run("--dataset", "rooms_ring_camerA", "--tfrecord-dir", str(source), "--data-dir", str(tmp_path))
+    assert code == 2 and "invalid choice: 'rooms_ring_camerA'" in err
     assert "rooms_ring_camera" in err and "shepard_metzler_7_parts" in err
     partial = tmp_path / "partial" / "rooms_ring_camera" / "train"
-    shutil.copytree(source / "rooms_ring" / "train", partial)
-    code, err = _run("rooms_ring_camera", "--root", str(tmp_path / "partial"), "--out",
+    shutil.copytree(source / FOLDER / "train", partial)
+    code, err = _run("--dataset", "rooms_ring_camera", "--tfrecord-dir", str(tmp_path / "partial"), "--data-dir",
                      str(tmp_path / "out"))
     assert code == 1 and "3 of 2160 files present (partial download)" in err
     assert "rooms_ring_camera/train: 8 scenes in 3 shards" in err
@@ -122,14 +125,14 @@ def _kill_self():
 def test_interrupted_conversion_resumes_to_identical_output(source, tmp_path, monkeypatch,
                                                             workers, action, error):
     info = convert.get_dataset("rooms_ring")
-    convert.convert_split(info, str(source), str(tmp_path / "whole"), "train")
-    want = _files(tmp_path / "whole" / "rooms_ring" / "train")
+    convert.convert_split(info, str(source), str(tmp_path / "whole"), "train", folder=FOLDER)
+    want = _files(tmp_path / "whole" / FOLDER / "train")
     out = tmp_path / "resumed"
     with monkeypatch.context() as patch:
         patch.setattr(tfrecord, "read_records", _crash_in_second_file(tfrecord.read_records, action))
         with pytest.raises(error):
-            convert.convert_split(info, str(source), str(out), "train", workers)
-    split = out / "rooms_ring" / "train"
+            convert.convert_split(info, str(source), str(out), "train", workers, FOLDER)
+    split = out / FOLDER / "train"
     left = os.listdir(split)
     assert not [n for n in left if n.startswith("2-of-3") or n.endswith(".tmp")]
     assert "manifest.json" not in left
@@ -141,6 +144,6 @@ def test_interrupted_conversion_resumes_to_identical_output(source, tmp_path, mo
     (split / "1-of-3.rec.tmp").write_bytes(b"a leftover")
     finished = {n.split(".")[0] for n in left if n.endswith(convert.NOTE_SUFFIX)}  # a killed worker may not get there
     kept = {n: os.stat(split / n).st_mtime_ns for n in left if n.split(".")[0] in finished}
-    convert.convert_split(info, str(source), str(out), "train", workers)
+    convert.convert_split(info, str(source), str(out), "train", workers, FOLDER)
     assert _files(split) == want
     assert kept == {n: os.stat(split / n).st_mtime_ns for n in kept}  # finished shards skipped

@@ -71,14 +71,15 @@ def test_ensure_synthetic_generates_only_when_missing(tmp_path):
         synthetic.ensure_synthetic(root, "rooms_ring", 3, 2, image_size=32, seed=2, workers=1)
 
 
-def test_cli_writes_deepmind_tfrecord_layout(tmp_path, monkeypatch):
+def test_cli_writes_deepmind_tfrecord_layout_under_the_dataset_name(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "SCENES_PER_SHARD", 2)
-    synthetic.main(["--family", "rooms_ring", "--out", str(tmp_path), "--train-scenes", "3",
-                    "--test-scenes", "1", "--format", "tfrecord", "--workers", "1", "--seed", "4"])
-    assert sorted(os.listdir(tmp_path / "train")) == ["1-of-2.tfrecord", "2-of-2.tfrecord"]
-    assert os.listdir(tmp_path / "test") == ["1-of-1.tfrecord"]
-    records = list(tfrecord.read_records(str(tmp_path / "train" / "2-of-2.tfrecord")))
+    synthetic.main(["--dataset", "rooms_ring", "--tfrecord-dir", str(tmp_path), "--train-scenes", "3",
+                    "--image-size", "64", "--workers", "1"])
+    root = tmp_path / "rooms_ring-64px-3"
+    assert sorted(os.listdir(root / "train")) == ["1-of-2.tfrecord", "2-of-2.tfrecord"]
+    assert os.listdir(root / "test") == ["1-of-1.tfrecord"]  # a tenth, at least one
+    records = list(tfrecord.read_records(str(root / "train" / "2-of-2.tfrecord")))
     frames, cameras = tfrecord.decode_scene_example(records[0], 10)
-    expected = synthetic.render_scene("rooms_ring", 4, "train", 2)
+    expected = synthetic.render_scene("rooms_ring", 0, "train", 2)
     assert frames == expected[0]
     np.testing.assert_array_equal(cameras, expected[1])

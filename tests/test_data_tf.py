@@ -41,7 +41,7 @@ def with_tensorflow(tmp_path_factory):
     """Run _TF_SCRIPT once: TF parses our Shepard-Metzler TFRecords and writes rooms TFRecords."""
     base = tmp_path_factory.mktemp("tf")
     synthetic.write_split(str(base / "ours"), "shepard_metzler", "train", 2, fmt="tfrecord", seed=3)
-    root = base / "root" / "rooms_ring"
+    root = base / "root" / "rooms_ring-64px-3"  # 3 training scenes (the naming rule of gqn.datasets)
     for split in ("train", "test"):
         os.makedirs(root / split)
     task = {"parse": str(base / "ours" / "train" / "1-of-1.tfrecord"),
@@ -65,18 +65,19 @@ def test_our_tfrecords_parse_with_deepmind_spec(with_tensorflow):
 def test_tensorflow_records_convert_and_load_unchanged(with_tensorflow, tmp_path):
     base, _ = with_tensorflow
     script = os.path.join(REPO, "data", "gqn_data_to_recordio.py")
-    result = subprocess.run([sys.executable, script, "rooms_ring", "--root", str(base / "root"),
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, script, "--dataset", "rooms_ring", "--train-scenes", "3", "--tfrecord-dir",
+                             str(base / "root"), "--data-dir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     for split, count in (("train", 3), ("test", 1)):
-        scenes = loader.SceneDataset(str(tmp_path / "rooms_ring"), split)
+        scenes = loader.SceneDataset(str(tmp_path / "rooms_ring-64px-3"), split)
         assert len(scenes) == scenes.manifest["scene_count"] == count
         for index in range(count):
             frames, cameras = scenes[index]
             want_frames, want_cameras = synthetic.render_scene("rooms_ring", 9, split, index)
             assert frames == want_frames
             np.testing.assert_array_equal(cameras, want_cameras)
-    batch = next(iter(loader.make_loader(str(tmp_path / "rooms_ring"), "train", 3, 9,
+    batch = next(iter(loader.make_loader(str(tmp_path / "rooms_ring-64px-3"), "train", 3, 9,
                                          shuffle=False)))
     first = loader.transform_cameras(synthetic.render_scene("rooms_ring", 9, "train", 0)[1])
     assert np.isclose(first, batch.query_camera.asnumpy()[0], atol=1e-6).all(1).any()

@@ -23,7 +23,7 @@ if "gqn_data_to_recordio" not in sys.modules:  # one module object, so worker pr
     _spec.loader.exec_module(sys.modules[_spec.name])
 convert = sys.modules["gqn_data_to_recordio"]
 
-NAME, SIZE, VIEWS = "rooms_ring", 64, 10  # the synthetic family's table entry: 64x64, 10 views
+NAME, SIZE, VIEWS = "rooms_ring_camera", 64, 10  # a DeepMind table entry: 64x64, 10 views
 FILES, SCENES = 8, 10  # train files, scenes per file: enough work that kills land while workers convert
 KILLS = 10
 
@@ -51,7 +51,7 @@ def _write_source(root, split, files, scenes, seed):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """ROOT/rooms_ring/{train (FILES files of SCENES scenes), test (1 file of 3)} and their uninterrupted
+    """ROOT/rooms_ring_camera/{train (FILES files of SCENES scenes), test (1 file of 3)} and their uninterrupted
     conversion's files {relative path: bytes}, with how long its worker processes ran."""
     root = str(tmp_path_factory.mktemp("source"))
     _write_source(root, "train", FILES, SCENES, seed=1)
@@ -66,7 +66,7 @@ def source(tmp_path_factory):
 def _start(root, out):
     """The converter with 2 workers in its own session, its stderr in OUT.log."""
     with open(out + ".log", "w") as log:
-        return subprocess.Popen([sys.executable, SCRIPT, NAME, "--root", root, "--out", out, "--workers", "2"],
+        return subprocess.Popen([sys.executable, SCRIPT, "--dataset", NAME, "--tfrecord-dir", root, "--data-dir", out, "--workers", "2"],
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
 
 
@@ -150,7 +150,7 @@ def test_kill_9_at_random_moments_then_rerun_equals_uninterrupted(source, tmp_pa
         train = os.path.join(out, NAME, "train")
         finished = [n for n in os.listdir(train) if n.endswith(convert.NOTE_SUFFIX)] if os.path.isdir(train) else []
         partial += 0 < len(finished) < FILES
-        code, err = _run(capfd, NAME, "--root", root, "--out", out)
+        code, err = _run(capfd, "--dataset", NAME, "--tfrecord-dir", root, "--data-dir", out)
         assert code == 0, "trial %d: %s" % (trial, err)
         assert _files(out) == want, "trial %d" % trial
     assert partial > 0  # some kill left finished and unfinished shards behind
@@ -166,7 +166,7 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_completes(source, tmp_path, capfd)
     assert proc.wait(60) in (0, 130)  # 0: it had finished
     assert _wait_gone(workers) == []
     assert not os.path.exists(os.path.join(out, NAME, convert.LOCK))
-    assert _run(capfd, NAME, "--root", root, "--out", out)[0] == 0
+    assert _run(capfd, "--dataset", NAME, "--tfrecord-dir", root, "--data-dir", out)[0] == 0
     assert _files(out) == want
 
 
@@ -174,12 +174,12 @@ def test_second_converter_is_refused_and_a_dead_ones_lock_taken_over(source, tmp
     root, want, _ = source
     out = tmp_path / "out"
     with locks.directory_lock(str(out / NAME), convert.LOCK):  # flock: another open file conflicts, here too
-        code, err = _run(capfd, NAME, "--root", root, "--out", str(out))
+        code, err = _run(capfd, "--dataset", NAME, "--tfrecord-dir", root, "--data-dir", str(out))
     assert code == 1 and "in use by pid %d" % os.getpid() in err and "another converter" in err
     dead = subprocess.Popen(["true"])
     dead.wait()
     (out / NAME / convert.LOCK).write_text("%d\n" % dead.pid)  # left by a killed converter
-    assert _run(capfd, NAME, "--root", root, "--out", str(out))[0] == 0
+    assert _run(capfd, "--dataset", NAME, "--tfrecord-dir", root, "--data-dir", str(out))[0] == 0
     assert _files(str(out)) == want  # and the lock file is gone
 
 
@@ -219,7 +219,7 @@ def test_bad_source_record_is_one_line_and_no_shard(source, tmp_path, capfd, dam
         _replace_record(path, 1, cameras=cameras)
     else:
         _replace_record(path, 1, frames=_bad_frame(damage))
-    code, err = _run(capfd, NAME, "--root", root, "--out", str(tmp_path / "out"), "--splits", "train")
+    code, err = _run(capfd, "--dataset", NAME, "--tfrecord-dir", root, "--data-dir", str(tmp_path / "out"), "--splits", "train")
     errors = [line for line in err.splitlines() if line.startswith("error")]
     assert code == 1 and errors == ["error: %s: %s" % (path, message)]
     left = os.listdir(tmp_path / "out" / NAME / "train")
@@ -228,7 +228,7 @@ def test_bad_source_record_is_one_line_and_no_shard(source, tmp_path, capfd, dam
 
 def _convert(root, out):
     """The in-process converter on the train split: its exit status."""
-    return convert.main([NAME, "--root", root, "--out", out, "--splits", "train"])
+    return convert.main(["--dataset", NAME, "--tfrecord-dir", root, "--data-dir", out, "--splits", "train"])
 
 
 @pytest.mark.parametrize("damage,reason", [
@@ -374,12 +374,12 @@ def test_inconsistent_data_is_named_at_open_time(converted, damage, message):
 def test_verify_names_each_bad_shard_and_record(converted, capfd):
     split, _ = converted
     out = os.path.dirname(os.path.dirname(split))
-    assert convert.main([NAME, "--out", out, "--verify"]) == 1  # test split never converted
-    assert convert.main([NAME, "--out", out, "--verify", "--splits", "train"]) == 0
+    assert convert.main(["--dataset", NAME, "--data-dir", out, "--verify"]) == 1  # test split never converted
+    assert convert.main(["--dataset", NAME, "--data-dir", out, "--verify", "--splits", "train"]) == 0
     capfd.readouterr()
     bad = [_flip(split, "1-of-3", 0, "camera"), _flip(split, "3-of-3", 2, "jpeg")]
     os.truncate(scene_format.shard_paths(split, "2-of-3")[0], 100)
-    assert convert.main([NAME, "--out", out, "--verify", "--splits", "train"]) == 1
+    assert convert.main(["--dataset", NAME, "--data-dir", out, "--verify", "--splits", "train"]) == 1
     err = capfd.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     two = scene_format.shard_paths(split, "2-of-3")[0]
@@ -391,8 +391,8 @@ def test_verify_names_each_bad_shard_and_record(converted, capfd):
 
 def _render(out):
     """`python -m gqn.synthetic` with 2 render processes, in its own session."""
-    return subprocess.Popen([sys.executable, "-m", "gqn.synthetic", "--family", NAME, "--out", out,
-                             "--train-scenes", "2000", "--test-scenes", "0", "--workers", "2"],
+    return subprocess.Popen([sys.executable, "-m", "gqn.synthetic", "--dataset", "rooms_ring", "--data-dir", out,
+                             "--train-scenes", "2000", "--workers", "2"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
