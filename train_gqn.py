@@ -285,12 +285,14 @@ class Progress:
     MXNet's engine runs asynchronously: train_step returns as soon as the step is queued. Waiting for the previous
     step's loss before counting keeps one step queued (the engine never idles) while the bar moves at the speed
     steps really finish. With a deadline (--minutes) the bar's total is the step the run will reach by then, at
-    the rate so far, so its ETA is the deadline.
+    the mean rate so far, so its ETA is the deadline.
     """
 
     def __init__(self, step, max_steps, deadline, enabled):
         self.max_steps, self.deadline = max_steps, deadline
-        self.bar = tqdm(total=max_steps, initial=step, unit="step", disable=not enabled, dynamic_ncols=True)
+        # smoothing=0: the rate is the mean since the start, validations included, so the ETA holds over the run
+        self.bar = tqdm(total=max_steps, initial=step, unit="step", disable=not enabled, dynamic_ncols=True,
+                        smoothing=0)
         self.started, self.start_step, self.pending = time.time(), step, None
 
     def queued(self, terms):
@@ -362,6 +364,9 @@ def run_validation(run, step, sigma):
 
 
 def devices(config):
+    problem = cli.gpu_problem(cli.device_list(config.devices))  # again: a resumed run brings its own --devices
+    if problem:
+        raise SystemExit("train_gqn.py: %s" % problem)
     ctxs = cli.contexts(cli.device_list(config.devices))
     if config.batch_size % len(ctxs):
         raise SystemExit("train_gqn.py: --batch-size %d does not split evenly over %d devices (--devices %s)"

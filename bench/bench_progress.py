@@ -115,12 +115,14 @@ def main():
     parser = cli.Parser(__doc__)
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "datasets"),
                         help="data root of the cpu-demo scenes (default: the repository's datasets/)")
-    parser.add_argument("--rounds", type=cli.bounded(int, 1), default=4, help="interleaved cost rounds (default: 4)")
+    parser.add_argument("--rounds", type=cli.bounded(int, 0), default=4,
+                        help="interleaved cost rounds; 0 = skip the cost (default: 4)")
     parser.add_argument("--steps", type=cli.bounded(int, 1), default=50, help="steps per round (default: 50)")
     parser.add_argument("--minutes", type=cli.bounded(float, 0), default=4.0,
                         help="length of the honesty run; 0 = skip it (default: 4)")
     args = parser.parse_args()
-    cost(args.data_dir, args.rounds, args.steps)
+    if args.rounds:
+        cost(args.data_dir, args.rounds, args.steps)
     if args.minutes:
         honesty(args.data_dir, args.minutes)
 

@@ -48,7 +48,8 @@ def bounded(kind, low=None, high=None, above=None):
 
 def add_workers(parser, what):
     parser.add_argument("--workers", type=bounded(int, 0), default=DEFAULT_WORKERS,
-                        help="%s; 0 = in the main process (default: %d, the CPU count up to 8)" % (what, DEFAULT_WORKERS))
+                        help="%s; 0 = in the main process (default: %d, the CPU count up to 8)"
+                        % (what, DEFAULT_WORKERS))
 
 
 def add_devices(parser, several):

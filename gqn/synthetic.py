@@ -1,8 +1,8 @@
 """Synthetic GQN scenes (ring-camera rooms, Shepard-Metzler cube chains) written as our RecordIO or DeepMind's TFRecords.
 
 Examples:
-  python -m gqn.synthetic --dataset rooms_ring --data-dir datasets --train-scenes 2000       (datasets/rooms_ring-64px-2000)
-  python -m gqn.synthetic --dataset rooms_ring --tfrecord-dir /tmp/gqn-tf --train-scenes 500   (DeepMind's layout)
+  python -m gqn.synthetic --dataset rooms_ring --data-dir datasets --train-scenes 2000   (rooms_ring-64px-2000)
+  python -m gqn.synthetic --dataset rooms_ring --tfrecord-dir /tmp/gqn-tf --train-scenes 500  (DeepMind's layout)
 
 The dataset is DATA_DIR/NAME-SIZEpx-SCENES with a test split of SCENES/10, the one train_gqn.py, evaluate_gqn.py
 and render_gqn.py look for (and render on first use) with the same --dataset, --image-size and --train-scenes.

@@ -141,7 +141,8 @@ def validate(model, batches, sigma, seed, query_masks=None):
     n = min(8, batch.target.shape[0])
     grid = images.prediction_grid(batch.context_frames[:n].asnumpy(), batch.context_mask[:n].asnumpy(),
                                   predictions[:n].asnumpy(), batch.target[:n].asnumpy())
-    columns = [("context", batch.context_frames.shape[1]), ("sample", 1), ("recon", 1), ("truth", 1)]  # prior, posterior
+    # the legend: a prior sample, the posterior reconstruction
+    columns = [("context", batch.context_frames.shape[1]), ("sample", 1), ("recon", 1), ("truth", 1)]
     return metrics, images.with_header(grid, columns, batch.target.shape[-1])
 
 

@@ -137,7 +137,8 @@ def test_a_run_resumes_evaluates_and_renders_from_another_directory(tmp_path):
         assert done.returncode == 0, (tool, done.stderr[-2000:])
     assert json.loads((made / "run" / "checkpoint" / "state.json").read_text())["step"] == 3
     assert sorted(os.listdir(elsewhere)) == ["render"]  # no data rendered here, the evaluation went into the run
-    assert (made / "run" / "eval-test.json").exists() and sorted(os.listdir(made / "datasets")) == ["rooms_ring-16px-40"]
+    assert (made / "run" / "eval-test.json").exists()
+    assert sorted(os.listdir(made / "datasets")) == ["rooms_ring-16px-40"]
 
 
 def test_the_shipped_demo_evaluates_on_a_fresh_clone(tmp_path):
@@ -211,4 +212,5 @@ def test_the_data_readme_synthetic_examples_make_data_that_training_finds(tmp_pa
             tool = " ".join(words[1:3]) if words[1] == "-m" else words[1]
             done = command(tool, *words[3 if words[1] == "-m" else 2:])
             assert done.returncode == 0, (words, done.stderr[-2000:])
-    assert sorted(os.listdir(tmp_path / "data")) == ["rooms_ring-32px-20", "rooms_ring-64px-20", "shepard_metzler-64px-30"]
+    made = ["rooms_ring-32px-20", "rooms_ring-64px-20", "shepard_metzler-64px-30"]
+    assert sorted(os.listdir(tmp_path / "data")) == made

@@ -61,7 +61,8 @@ def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
     code = ("import mxnet\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
             "ea = EventAccumulator(%r, size_guidance={'images': 0, 'scalars': 0}); ea.Reload()\n"
             "from tensorboard.plugins.custom_scalar import layout_pb2\n"
-            "layout = layout_pb2.Layout.FromString(ea.Tensors('custom_scalars__config__')[0].tensor_proto.string_val[0])\n"
+            "config = ea.Tensors('custom_scalars__config__')[0].tensor_proto.string_val[0]\n"
+            "layout = layout_pb2.Layout.FromString(config)\n"
             "charts = [[t for t in c.multiline.tag] for g in layout.category for c in g.chart]\n"
             "import json; print(json.dumps({'tags': ea.Tags(), 'elbo': [e.value for e in ea.Scalars('train/elbo')],"
             " 'image': ea.Images('val/grid')[-1].width, 'charts': charts}))" % str(run))
