@@ -256,8 +256,8 @@ def ensure_synthetic(root, family="rooms_ring", train_scenes=2000, test_scenes=2
                         workers or os.cpu_count())
         manifests[split] = scene_format.read_manifest(split_dir)
         _check_existing(manifests[split], family, scenes, image_size, seed, split_dir)
-        if split == "test":  # the held-out scenes' object figures need them
-            add_missing_masks(split_dir)
+        if split == "test" and manifests[split]["source"].get("kind") == "synthetic":  # the held-out scenes'
+            add_missing_masks(split_dir)  # object figures need them; converted TFRecords have none
     return manifests
 
 
