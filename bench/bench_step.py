@@ -1,7 +1,7 @@
 """Seconds per training step, samples/s, conv GFLOP/s and peak RSS of GQN at the paper config (Tower, L=12, 64x64, K=5).
 
 Example: python bench/bench_step.py --batch 8 36 --repeats 5 --precision fp32 bf16 --loader
-         python bench/bench_step.py --preset cpu-demo --batch 16 --canvas-read 1   (train_gqn.py's cpu-demo model)
+         python bench/bench_step.py --preset cpu-demo --batch 16 --canvas-read     (train_gqn.py's cpu-demo model)
 Each (batch, precision) runs in its own process so that peak RSS is that configuration's alone. bf16 is
 mx.contrib.amp through gqn/amp.py; a CPU without bf16 kernels gets a row saying why instead of a time.
 --loader adds bench/bench_loader.py's scenes/s of the data loader.

@@ -37,7 +37,8 @@ def command(side, precision, preset, batch, args):
     if side == "torch":
         return [args.torch_python, os.path.join(BENCH, "torch_reference.py")] + common
     bench = BENCH if side == "gqn" else os.path.join(args.baseline, "bench")
-    return [sys.executable, os.path.join(bench, "bench_step.py"), "--canvas-read", "0"] + common
+    # no canvas read, as the PyTorch port: bench_step.py's default (a flag older trees spell otherwise)
+    return [sys.executable, os.path.join(bench, "bench_step.py")] + common
 
 
 def measure(argv, timeout):

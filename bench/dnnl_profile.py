@@ -82,7 +82,8 @@ def parse(line):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False, epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="model sizes (default: paper)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="(default: bf16)")
     parser.add_argument("--batch", type=int, default=2, help="scenes per step (default: 2)")
