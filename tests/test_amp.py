@@ -131,9 +131,9 @@ def test_precision_is_bf16_only_where_onednn_has_amx(monkeypatch):
     monkeypatch.setattr(cpu, "amx_active", lambda: True)
     assert amp.preferred(mx.cpu()) == (True, "bf16: oneDNN runs it on AMX")
     assert train_gqn.choose_precision(config, mx.cpu())[0] is True
-    for flag, on in (("0", False), ("1", True)):  # an explicit flag wins either way
-        _, config, _ = train_gqn.parse_args(["--dry-run", "--amp", flag])
-        why = "%s: --amp %s" % ("mixed" if on else "fp32", flag)
+    for flag, on in (("--no-amp", False), ("--amp", True)):  # an explicit flag wins either way
+        _, config, _ = train_gqn.parse_args(["--dry-run", flag])
+        why = "%s: %s" % ("mixed" if on else "fp32", flag)
         assert train_gqn.choose_precision(config, mx.cpu()) == (on, why)
 
 
