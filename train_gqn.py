@@ -350,8 +350,8 @@ def train(run, step, stop):
     progress.close()
     if terms is not None and run.last_good != step:
         save(run, step)
-    if terms is not None and run.rank == 0 and validated != step:
-        run_validation(run, step, sigma_at(step))
+        if run.rank == 0 and validated != step:
+            run_validation(run, step, sigma_at(step))
     return step
 
 
