@@ -16,20 +16,20 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import signal
 import sys
 import time
 from dataclasses import dataclass
 
 import mxnet as mx
-import numpy as np
 from mxnet import gluon
 from tqdm import tqdm
 
 import core
-from gqn import amp, checkpoint, cli, files, locks, training
-from gqn.datasets import ALL_DATASETS, SPLITS, dataset_root
+from gqn import amp, checkpoint, cli, files, locks, scene_format, training
+from gqn.datasets import ALL_DATASETS, SPLITS, dataset_root, max_context
+from gqn.loop import Progress, Stop
 from gqn.plots import plot_curves
+from gqn.presets import PRESETS
 from gqn.runs import RunLog, WriteFailed, ensure_dataset, new_run_dir, resolve_path, saved_config, writing
 from gqn.schedules import linear_anneal
 
@@ -77,18 +77,6 @@ class TrainConfig:
     train_scenes: int = arg(2000, "training scenes of a synthetic family, rendered on first use (test split: a "
                                   "tenth; gqn/datasets.py names the dataset by them)", low=1)
     image_size: int = arg(64, "frame size rendered for a synthetic family (converted data: from its manifest)", low=4)
-
-
-PRESETS = {
-    "cpu-demo": dict(dataset="rooms_ring", image_size=32, batch_size=16, max_context=5, steps=4, latent=16,
-                     hidden=48, r_channels=64, kernel=3, sigma_initial=2.0, sigma_final=2.0, sigma_steps=500,
-                     lr_initial=1e-3, lr_final=2.5e-4, lr_steps=3000, lr_warmup_steps=250, max_steps=100000,
-                     minutes=10.0, val_scenes=64, val_every=250, log_every=25, checkpoint_every=250,
-                     train_scenes=2000),
-    "dry-run": dict(dataset="rooms_ring", image_size=16, batch_size=4, max_context=3, steps=2, latent=4, hidden=8,
-                    r_channels=8, max_steps=4, val_scenes=4, val_every=2, log_every=1, checkpoint_every=2,
-                    train_scenes=40, workers=0),
-}
 
 
 FLAG_NAMES = {"steps": "generation-steps"}  # L, beside --max-steps, --lr-steps and --sigma-steps
@@ -144,19 +132,9 @@ def prepare_data(config):
     root = dataset_root(config.data_dir, config.dataset, config.image_size, config.train_scenes)
     try:
         ensure_dataset(root, config.dataset, config.image_size, config.train_scenes, SPLITS, config.workers)
+        return root, scene_format.read_manifest(os.path.join(root, "train"))
     except (OSError, ValueError) as error:  # OSError: e.g. no permission to write a synthetic split
         raise SystemExit("train_gqn.py: %s" % error)
-    with open(os.path.join(root, "train", "manifest.json")) as f:
-        return root, json.load(f)
-
-
-def max_context(config, manifest):
-    views = manifest["views_per_scene"]
-    k = config.max_context or views - 1
-    if not 1 <= k <= views - 1:
-        raise SystemExit("train_gqn.py: --max-context %d: valid 1..%d for %s (%d views per scene)"
-                         % (k, views - 1, config.dataset, views))
-    return k
 
 
 # What a resume may change: schedules, lengths, logging cadence, and how the work is run (devices, precision: a
@@ -195,57 +173,6 @@ def resume_config(args, config, model_values, argv):
     return dataclasses.replace(saved, **changes), state["model"]
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def last_good(run):
-    """Where the run can go on from, for the message that stops it."""
-    if run.last_good is None:
-        return "No checkpoint was saved yet"
-    return "The last good checkpoint (step %d) is kept in %s" % (run.last_good, os.path.join(run.dir, "checkpoint"))
-
-
-def check_finite(values, step, run):
-    if not all(np.isfinite(v) for v in values.values()):
-        raise NonFiniteLoss("loss is not finite at step %d (%s); stopping. %s; %s with a lower --lr-initial or a "
-                            "larger --sigma-final" % (step, ", ".join("%s=%g" % kv for kv in values.items()),
-                                                      last_good(run), advice(run)))
-
-
-def check_parameters(step, run):
-    """Non-finite parameters (an update from a huge gradient) must not become the last good checkpoint."""
-    for name, param in run.model.collect_params().items():
-        if not np.isfinite(param.data().asnumpy()).all():
-            raise NonFiniteLoss("parameter %s is not finite after step %d; stopping. %s; %s with a lower "
-                                "--lr-initial" % (name, step, last_good(run), advice(run)))
-
-
-def advice(run):
-    if run.last_good is None:
-        return "start again"
-    return "resume (--resume %s)" % run.dir
-
-
-class Stop:
-    """Set by SIGINT/SIGTERM: the loop then saves a checkpoint and the run exits with 128 + the signal's number,
-    as a shell reports a process that signal ended. A second signal ends the process at once (the last
-    checkpoint is whole: saves are atomic)."""
-
-    def __init__(self):
-        self.signal = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-
-    def __bool__(self):
-        return self.signal is not None
-
-
 @dataclass
 class Run:
     """What the loop works with: the config, model and trainer, data, devices and the run's log."""
@@ -265,7 +192,7 @@ class Run:
 
 def save(run, step):
     """Checkpoint the parameters after checking they are finite, and the logs up to `step` with them; rank 0 only."""
-    check_parameters(step, run)
+    training.check_parameters(run.model, step, run.dir, run.last_good)
     if run.rank == 0:
         run.log.sync()
         state = {"step": step, "config": dataclasses.asdict(run.config), "model": run.model.config.to_dict(),
@@ -277,42 +204,6 @@ def save(run, step):
             reason = error.strerror if isinstance(error, OSError) else str(error).strip().splitlines()[-1]
             raise WriteFailed("cannot write the checkpoint of step %d to %s (%s)" % (step, directory, reason))
     run.last_good = step
-
-
-class Progress:
-    """The terminal's progress bar, counting finished steps: a step is finished when its loss values are ready.
-
-    MXNet's engine runs asynchronously: train_step returns as soon as the step is queued. Waiting for the previous
-    step's loss before counting keeps one step queued (the engine never idles) while the bar moves at the speed
-    steps really finish. With a deadline (--minutes) the bar's total is the step the run will reach by then, at
-    the mean rate so far, so its ETA is the deadline.
-    """
-
-    def __init__(self, step, max_steps, deadline, enabled):
-        self.max_steps, self.deadline = max_steps, deadline
-        # smoothing=0: the rate is the mean since the start, validations included, so the ETA holds over the run
-        self.bar = tqdm(total=max_steps, initial=step, unit="step", disable=not enabled, dynamic_ncols=True,
-                        smoothing=0)
-        self.started, self.start_step, self.pending = time.time(), step, None
-
-    def queued(self, terms):
-        """Count the step before the one just queued (`terms`) once it has finished."""
-        if self.pending is not None:
-            self.finished(self.pending)
-        self.pending = terms
-
-    def finished(self, terms):
-        terms[0]["elbo"].wait_to_read()
-        self.bar.update(1)
-        done, now = self.bar.n - self.start_step, time.time()
-        if self.deadline < float("inf") and done:
-            reach = self.bar.n + done / (now - self.started) * max(self.deadline - now, 0)
-            self.bar.total = int(min(self.max_steps, max(reach, self.bar.n)))
-
-    def close(self):
-        if self.pending is not None:
-            self.finished(self.pending)
-        self.bar.close()
 
 
 def train(run, step, stop):
@@ -335,7 +226,7 @@ def train(run, step, stop):
         progress.queued(terms)
         if step % config.log_every == 0:
             values = training.mean_terms(terms)
-            check_finite(values, step, run)
+            training.check_finite(values, step, run.dir, run.last_good)
             speed = (step - tick_step) * config.batch_size / (time.time() - tick)
             tick, tick_step = time.time(), step
             log.scalars("train", dict(values, samples_per_s=speed), step)
@@ -392,13 +283,6 @@ def build(config, model_config, ctxs, kv):
     return model, trainer
 
 
-def choose_precision(config, ctx):
-    """-> (mixed precision on?, why): --amp when given, else whichever gqn/amp.py finds faster on `ctx`."""
-    if config.amp is None:
-        return amp.preferred(ctx)
-    return config.amp, "%s: %s" % ("mixed" if config.amp else "fp32", "--amp" if config.amp else "--no-amp")
-
-
 def main(argv=None):
     args, config, model_values = parse_args(argv)
     if args.resume:
@@ -439,7 +323,7 @@ def claim_run_dir(run_dir, resume):
 def start(args, config, model_values, run_dir, kv, rank, num_workers):
     """Data, model, the run's log, the loop, and the run's end."""
     ctxs = devices(config)
-    use_amp, why = choose_precision(config, ctxs[0])
+    use_amp, why = amp.choose(config.amp, ctxs[0])
     try:
         training.check_micro_batch(config.batch_size // len(ctxs), config.micro_batch)
         if use_amp:  # process-wide, before any model is built or any backward pass runs
@@ -452,7 +336,10 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
         kv._barrier()
     if rank != 0:
         root, manifest = prepare_data(config)
-    k = max_context(config, manifest)
+    try:
+        k = max_context(config.max_context, manifest["views_per_scene"], config.dataset)
+    except ValueError as error:
+        raise SystemExit("train_gqn.py: %s" % error)
     model_config = core.ModelConfig(**dict(model_values, image_size=manifest["frame_size"]))
     model, trainer = build(config, model_config, ctxs, kv)
     found = checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint")) if args.resume else None
@@ -483,11 +370,11 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
     stop = Stop()
     try:
         step = train(run, step, stop)
-    except NonFiniteLoss as error:
+    except (training.NonFiniteLoss, scene_format.DataError) as error:  # DataError names the shard and record
         raise SystemExit("train_gqn.py: %s" % error)
     except WriteFailed as error:
-        raise SystemExit("train_gqn.py: %s; stopping. %s; when it can be written again, %s"
-                         % (error, last_good(run), advice(run)))
+        raise SystemExit("train_gqn.py: %s; stopping. %s, when it can be written again"
+                         % (error, training.where_to_go_on(run.dir, run.last_good)))
     finally:
         log.close()
     finish(run, step, stop, num_workers)

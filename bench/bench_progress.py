@@ -25,15 +25,16 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import mxnet as mx  # noqa: E402
+from mxnet import gluon  # noqa: E402
 
 import core  # noqa: E402
-import train_gqn  # noqa: E402
 from gqn import training  # noqa: E402
 from gqn.datasets import dataset_root  # noqa: E402
+from gqn.presets import PRESETS  # noqa: E402
 from gqn.runs import ensure_dataset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = train_gqn.PRESETS["cpu-demo"]
+DEMO = PRESETS["cpu-demo"]
 BAR = re.compile(r"(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<(?:(?:(\d+):)?(\d+):(\d+)|\?), *([\d.]+|\?)(s/step|step/s)")
 
 
@@ -56,10 +57,13 @@ def seconds_per_step(model, trainer, batches, ctx, steps, wait):
 def cost(data_dir, rounds, steps):
     root = dataset_root(data_dir, DEMO["dataset"], DEMO["image_size"], DEMO["train_scenes"])
     ensure_dataset(root, DEMO["dataset"], DEMO["image_size"], DEMO["train_scenes"], ["train", "test"], 2)
-    config = train_gqn.TrainConfig(**{k: v for k, v in DEMO.items() if k in train_gqn.TrainConfig.__annotations__})
     model_config = core.ModelConfig(**{k: v for k, v in DEMO.items() if k in core.ModelConfig.__annotations__})
     ctx = mx.cpu()
-    model, trainer = train_gqn.build(config, model_config, [ctx], "device")
+    mx.random.seed(0)
+    model = core.GQN(model_config)  # as train_gqn.py builds it: Xavier, hybridized, Adam
+    model.initialize(mx.init.Xavier(), ctx=ctx)
+    model.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": DEMO["lr_initial"]})
     batches = training.training_batches(root, DEMO["batch_size"], DEMO["max_context"], 0, 2, 0)
     seconds_per_step(model, trainer, batches, ctx, steps, False)  # warm-up: graph building, allocation
     times = {True: [], False: []}

@@ -73,11 +73,10 @@ def run_one(args):
 def model_config(preset, **overrides):
     """core.ModelConfig of the paper, or of train_gqn.py's cpu-demo preset, with `overrides`."""
     import core
-    if preset == "paper":
-        return core.ModelConfig(**overrides)
-    import train_gqn
-    _, train, model = train_gqn.parse_args(["--preset", preset])
-    return core.ModelConfig(**dict(model, image_size=train.image_size, **overrides))
+    from gqn.presets import PRESETS
+    values = {} if preset == "paper" else PRESETS[preset]
+    return core.ModelConfig(**dict({k: v for k, v in values.items() if k in core.ModelConfig.__annotations__},
+                                   **overrides))
 
 
 def main():

@@ -76,6 +76,13 @@ def preferred(ctx):
     return False, "fp32 on %s" % ctx.device_type
 
 
+def choose(flag, ctx):
+    """-> (low precision on?, why): the --amp / --no-amp flag (True / False) when given, else `preferred(ctx)`."""
+    if flag is None:
+        return preferred(ctx)
+    return flag, "mixed: --amp" if flag else "fp32: --no-amp"
+
+
 def init(ctx, check=True):
     """Turn AMP on for this whole process (it cannot be turned off) -> the low-precision dtype name.
 

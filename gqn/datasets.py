@@ -60,3 +60,11 @@ def dataset_root(data_dir, dataset, image_size, train_scenes):
     if dataset in SYNTHETIC_FAMILIES:
         return os.path.join(data_dir, "%s-%dpx-%d" % (dataset, image_size, train_scenes))
     return os.path.join(data_dir, dataset)
+
+
+def max_context(requested, views, dataset):
+    """K, the most context views per scene: `requested`, or 0 for views - 1 (the paper); ValueError naming the range."""
+    k = requested or views - 1
+    if not 1 <= k <= views - 1:
+        raise ValueError("--max-context %d: valid 1..%d for %s (%d views per scene)" % (k, views - 1, dataset, views))
+    return k

@@ -146,6 +146,34 @@ def validate(model, batches, sigma, seed, query_masks=None):
     return metrics, images.with_header(grid, columns, batch.target.shape[-1])
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss or a parameter went NaN or infinite; the message says where the run can go on from."""
+
+
+def where_to_go_on(run_dir, last_good):
+    """'The last good checkpoint (step N) is kept in RUN/checkpoint; resume (--resume RUN)', or how to start again."""
+    if last_good is None:
+        return "No checkpoint was saved yet; start again"
+    return "The last good checkpoint (step %d) is kept in %s; resume (--resume %s)" % (
+        last_good, os.path.join(run_dir, "checkpoint"), run_dir)
+
+
+def check_finite(values, step, run_dir, last_good):
+    """NonFiniteLoss unless every logged loss term {name: float} is finite."""
+    if not all(np.isfinite(v) for v in values.values()):
+        raise NonFiniteLoss("loss is not finite at step %d (%s); stopping. %s with a lower --lr-initial or a larger "
+                            "--sigma-final" % (step, ", ".join("%s=%g" % kv for kv in values.items()),
+                                               where_to_go_on(run_dir, last_good)))
+
+
+def check_parameters(model, step, run_dir, last_good):
+    """Non-finite parameters (an update from a huge gradient) must not become the last good checkpoint."""
+    for name, param in model.collect_params().items():
+        if not np.isfinite(param.data().asnumpy()).all():
+            raise NonFiniteLoss("parameter %s is not finite after step %d; stopping. %s with a lower --lr-initial"
+                                % (name, step, where_to_go_on(run_dir, last_good)))
+
+
 def make_kvstore(name):
     """-> (kvstore or its name, rank, number of workers)."""
     if name.startswith("dist"):

@@ -127,14 +127,14 @@ def test_precision_is_bf16_only_where_onednn_has_amx(monkeypatch):
     monkeypatch.setattr(cpu, "amx_active", lambda: False)
     assert amp.preferred(mx.cpu())[0] is False and amp.preferred(mx.gpu(0))[0] is False
     _, config, _ = train_gqn.parse_args(["--dry-run"])
-    assert config.amp is None and train_gqn.choose_precision(config, mx.cpu())[0] is False
+    assert config.amp is None and amp.choose(config.amp, mx.cpu())[0] is False
     monkeypatch.setattr(cpu, "amx_active", lambda: True)
     assert amp.preferred(mx.cpu()) == (True, "bf16: oneDNN runs it on AMX")
-    assert train_gqn.choose_precision(config, mx.cpu())[0] is True
+    assert amp.choose(config.amp, mx.cpu())[0] is True
     for flag, on in (("--no-amp", False), ("--amp", True)):  # an explicit flag wins either way
         _, config, _ = train_gqn.parse_args(["--dry-run", flag])
         why = "%s: %s" % ("mixed" if on else "fp32", flag)
-        assert train_gqn.choose_precision(config, mx.cpu()) == (on, why)
+        assert amp.choose(config.amp, mx.cpu()) == (on, why)
 
 
 def test_amx_active_here_matches_the_cpu_flags():
