@@ -238,7 +238,10 @@ def main(argv=None):
     batches = -(-args.scenes // args.batch_size)
     with tqdm(total=args.max_context * batches, unit="batch", file=sys.stderr, dynamic_ncols=True) as bar:
         for k in range(1, args.max_context + 1):
-            per_scene = evaluate_k(model, root, k, args, ctx, bar, split_masks)
+            try:
+                per_scene = evaluate_k(model, root, k, args, ctx, bar, split_masks)
+            except scene_format.DataError as error:  # names the shard and record that do not check out
+                raise SystemExit("evaluate_gqn.py: %s" % error)
             results[k], sems[k] = summarise(per_scene)
             if split_masks is not None:
                 with_objects[k] = int(np.sum(~np.isnan(np.concatenate(per_scene["mse_objects_prior_sample"]))))

@@ -22,7 +22,7 @@ import mxnet as mx
 import numpy as np
 
 import core
-from gqn import cli, images
+from gqn import cli, images, scene_format
 from gqn.datasets import SPLITS
 from gqn.loader import SceneDataset, decode_frames, transform_cameras
 from gqn.runs import ensure_dataset, load_model, run_dataset_root, saved_config
@@ -59,11 +59,14 @@ def load_scene(state, args):
                        [args.split], args.workers)
     except (OSError, ValueError) as error:  # OSError: e.g. no permission to write a synthetic split
         raise SystemExit("render_gqn.py: %s (give --data-dir, --dataset or --split)" % error)
-    scenes = SceneDataset(root, args.split)
-    if not 0 <= args.scene < len(scenes):
-        raise SystemExit("render_gqn.py: --scene %d: valid 0..%d in %s" % (args.scene, len(scenes) - 1, split_dir))
-    jpegs, cameras = scenes[args.scene]
-    return decode_frames(jpegs), cameras, "%s scene %d" % (split_dir, args.scene)
+    try:
+        scenes = SceneDataset(root, args.split)
+        if not 0 <= args.scene < len(scenes):
+            raise SystemExit("render_gqn.py: --scene %d: valid 0..%d in %s" % (args.scene, len(scenes) - 1, split_dir))
+        jpegs, cameras = scenes[args.scene]
+        return decode_frames(jpegs), cameras, "%s scene %d" % (split_dir, args.scene)
+    except scene_format.DataError as error:  # names the shard and record that do not check out
+        raise SystemExit("render_gqn.py: %s" % error)
 
 
 def render_views(renderer, frames, cameras, query_cameras, noise, ctx):

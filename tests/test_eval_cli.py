@@ -185,3 +185,22 @@ def test_exported_renderer_matches_the_model(run, tmp_path):
     assert spec["noise_shape"] == [2, 4, SIZE // 4, SIZE // 4] and spec["model"]["image_size"] == SIZE
     with pytest.raises(ValueError, match=r"noise of shape \(3, 2, 4, 3, 3\): expected \(B, 2, 4, 4, 4\)"):
         predictor.render(*inputs[:4], np.zeros((3, 2, 4, 3, 3), np.float32))
+
+
+def test_a_damaged_record_ends_evaluation_and_rendering_in_one_line_naming_it(run, tmp_path):
+    """A flipped byte in a held-out record: evaluate_gqn.py and render_gqn.py stop with the shard and record."""
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(json.loads((run / "checkpoint" / "state.json").read_text())["config"]["data_dir"], data)
+    test_dir = next(data.glob("*/test"))
+    rec = sorted(test_dir.glob("*.rec"))[0]
+    raw = bytearray(rec.read_bytes())
+    raw[200] ^= 0xFF  # inside scene 0 (records are kilobytes): the structure holds, the checksum does not
+    rec.write_bytes(bytes(raw))
+    for tool, flags in (("evaluate_gqn.py", ["--scenes", "4", "--json", str(tmp_path / "e.json")]),
+                        ("render_gqn.py", ["--scene", "0", "--out-dir", str(tmp_path / "render")])):
+        cmd = [sys.executable, os.path.join(ROOT, tool), str(run), "--data-dir", str(data)] + flags
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        assert done.returncode == 1 and "Traceback" not in done.stderr and last.startswith(tool + ": ") \
+            and str(rec) in last and "checksum mismatch" in last, (tool, done.returncode, done.stdout[-800:], done.stderr[-1500:])
