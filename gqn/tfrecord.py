@@ -3,7 +3,7 @@
 A TFRecord is a sequence of records: length uint64 | masked CRC32C of length | data | masked
 CRC32C of data (little-endian). Each record holds one `tf.train.Example` protobuf; DeepMind's have
 exactly two features, `frames` (S JPEG byte strings) and `cameras` (5*S floats). Our reader checks
-both CRCs and reports the record index; gqn.tf_io cross-checks all of this against TensorFlow.
+both CRCs and reports the record index; tests/tf_io.py cross-checks all of this against TensorFlow.
 """
 import os
 import struct

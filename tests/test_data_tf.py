@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs with TensorFlow: parses task["parse"] with DeepMind's feature spec, writes task["write"].
 _TF_SCRIPT = """
 import hashlib, json, sys
-from gqn import tf_io  # first: it imports mxnet before tensorflow
+import tf_io  # first: it imports mxnet before tensorflow
 from gqn import synthetic
 import tensorflow as tf
 
