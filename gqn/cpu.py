@@ -1,16 +1,14 @@
 """CPU settings every entry point makes before importing mxnet: setup(); isa() names the kernels it leads to.
 
 OpenMP threads. MXNet runs one OpenMP thread per two cores unless told otherwise (it assumes hyper-threading);
-on a CPU without it that halves convolution speed (a 5x5 conv: 65 -> 112 GFLOP/s on 2 cores). setup() makes it
-one per core; a user's OMP_NUM_THREADS wins. Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of
+on a CPU without it that halves convolution speed. setup() makes it one per core; a user's OMP_NUM_THREADS wins. Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of
 spinning: each of the thousands of small parallel regions of a step waits for its slowest thread, and when other
-processes share the cores a spinning thread burns the time slice its partner needs (a cpu-demo step at load
-7-11 on 2 cores: 5.96 s spinning, 0.38 s passive). A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+processes share the cores a spinning thread burns the time slice its partner needs (README, Speed). A user's
+OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 
 Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift
-into the denormal range (below 1.2e-38), where each x86 float operation takes ~100 cycles instead of one. A
-cpu-demo model checkpointed at step 250 trained at 2.5 s/step, 0.22 s/step with denormals flushed
-(bench/denormals.py). MXNet 1.9.1 has no switch for it (apache/mxnet#20338 added one after 1.9.1), so we set the
+into the denormal range (below 1.2e-38), where each x86 float operation takes ~100 cycles instead of one
+(bench/denormals.py measures it). MXNet 1.9.1 has no switch for it (apache/mxnet#20338 added one after 1.9.1), so we set the
 two MXCSR bits ourselves: FTZ (results that would be denormal become 0) and DAZ (denormal inputs read as 0).
 Threads inherit the creating thread's MXCSR, so setting it in the main thread before MXNet starts its engine and
 OpenMP threads covers them all. Values that small carry nothing a 32-bit model can use.
@@ -23,8 +21,7 @@ AMX, where the CPU has it (flags amx_bf16 and amx_tile). MXNet 1.9.1's oneDNN (v
 leaves them off unless DNNL_MAX_CPU_ISA=AVX512_CORE_AMX; and Linux lets a process touch AMX tile data only after
 it asks (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), which that oneDNN predates: with the variable
 alone the first AMX instruction kills the process (SIGILL). So setup() asks the kernel itself and sets the
-variable only if permission is granted (a user's DNNL_MAX_CPU_ISA wins). One bf16 step's convolutions at batch 2
-took 4.49 s on avx512_core_bf16 kernels and 1.06 s on AMX. Elsewhere nothing is set.
+variable only if permission is granted (a user's DNNL_MAX_CPU_ISA wins). Elsewhere nothing is set.
 """
 import ctypes
 import functools
