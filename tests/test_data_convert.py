@@ -1,5 +1,4 @@
 """The converter: round trip, clear errors with nothing partial left, resuming after an interrupt."""
-import importlib.util
 import os
 import shutil
 import signal
@@ -10,14 +9,9 @@ import numpy as np
 import pytest
 
 from gqn import loader, synthetic, tfrecord
+from converter import SCRIPT, convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "data", "gqn_data_to_recordio.py")
-if "gqn_data_to_recordio" not in sys.modules:  # one module object, so worker processes can unpickle its functions
-    _spec = importlib.util.spec_from_file_location("gqn_data_to_recordio", SCRIPT)
-    sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules[_spec.name])
-convert = sys.modules["gqn_data_to_recordio"]
 FOLDER = "rooms_ring-64px-8"  # the naming rule of gqn.datasets.dataset_root: 8 training scenes of 64px
 
 

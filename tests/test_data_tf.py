@@ -15,6 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs with TensorFlow: parses task["parse"] with DeepMind's feature spec, writes task["write"].
 _TF_SCRIPT = """
 import hashlib, json, sys
+sys.path[:0] = [%r, %r]  # the tests (tf_io) and the repository (gqn)
 import tf_io  # first: it imports mxnet before tensorflow
 from gqn import synthetic
 import tensorflow as tf
@@ -30,7 +31,7 @@ except tf.errors.InvalidArgumentError:
 for path, split, indices in task["write"]:
     tf_io.write_scenes(path, [synthetic.render_scene("rooms_ring", 9, split, i) for i in indices])
 print(json.dumps({"parsed": parsed, "strict": strict}))
-"""
+""" % (os.path.dirname(os.path.abspath(__file__)), REPO)
 
 _WRITE = [("train/1-of-2.tfrecord", "train", [0, 1]), ("train/2-of-2.tfrecord", "train", [2]),
           ("test/1-of-1.tfrecord", "test", [0])]

@@ -1,6 +1,5 @@
 """Faults in conversion and converted data: kill -9 and Ctrl-C of a 2-worker conversion, then a rerun equal to an
 uninterrupted one; every damaged input named in one line (file and record), with nothing partial left complete."""
-import importlib.util
 import json
 import os
 import random
@@ -14,14 +13,9 @@ import numpy as np
 import pytest
 
 from gqn import loader, locks, scene_format, tfrecord
+from converter import SCRIPT, convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "data", "gqn_data_to_recordio.py")
-if "gqn_data_to_recordio" not in sys.modules:  # one module object, so worker processes can unpickle its functions
-    _spec = importlib.util.spec_from_file_location("gqn_data_to_recordio", SCRIPT)
-    sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules[_spec.name])
-convert = sys.modules["gqn_data_to_recordio"]
 
 NAME, SIZE, VIEWS = "rooms_ring_camera", 64, 10  # a DeepMind table entry: 64x64, 10 views
 FILES, SCENES = 8, 10  # train files, scenes per file: enough work that kills land while workers convert
