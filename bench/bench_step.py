@@ -15,7 +15,6 @@ from gqn import cli, cpu  # noqa: E402  before mxnet: OpenMP threads, denormals 
 cpu.setup()
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics
@@ -59,7 +58,7 @@ def run_one(args):
     times = []
     for i in range(args.warmup + args.repeats):
         start = time.perf_counter()
-        terms = training.train_step(model, trainer, batch, [mx.cpu()], 2.0, B, args.micro_batch)  # the real step
+        training.train_step(model, trainer, batch, [mx.cpu()], 2.0, B, args.micro_batch)  # the real step
         nd.waitall()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)

@@ -14,7 +14,6 @@ from gqn import cli, cpu  # noqa: E402  before mxnet: OpenMP threads, denormals 
 
 cpu.setup()
 
-import argparse
 import time
 
 import mxnet as mx  # noqa: E402

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

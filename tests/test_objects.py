@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from gqn import loader, masks, metrics, render, scene_format, synthetic
+from gqn import loader, masks, metrics, render, synthetic
 from gqn.loader import transform_cameras
 
 
