@@ -359,4 +359,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(processes.exit_status(main))

@@ -1,4 +1,5 @@
-"""Pool worker processes that die with the process that started them and leave Ctrl-C to it."""
+"""Pool worker processes that die with the process that started them and leave Ctrl-C to it; a command's exit
+status that a late Ctrl-C cannot change."""
 import ctypes
 import os
 import signal
@@ -24,3 +25,20 @@ def init_worker(parent_pid):
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:  # the parent died before the death signal was set
         os._exit(1)
+
+
+def exit_status(main):
+    """main()'s exit status, with SIGINT ignored from then on: a script's `sys.exit(exit_status(main))`.
+
+    While the interpreter shuts down, Python puts back the default action of every signal it handles (death by the
+    signal, exit status -2 for SIGINT) but leaves an ignored signal ignored. A Ctrl-C landing in that teardown (a
+    process pool's included: tens of milliseconds) turned a finished conversion into one killed by SIGINT. main()
+    handles its own KeyboardInterrupt; one arriving after main() returned counts as an interruption: 130.
+    """
+    try:
+        code = main()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = 130
+    return code
