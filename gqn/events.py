@@ -6,6 +6,7 @@ OSError where the event is added.
 """
 import glob
 import os
+import re
 import socket
 import struct
 import time
@@ -17,6 +18,7 @@ from mxboard.summary import image_summary, scalar_summary
 from gqn.files import write_atomically
 
 PATTERN = "events.out.tfevents.*"
+_NAME = re.compile(r"events\.out\.tfevents\.(\d+)\.")
 
 
 def encode(event):
@@ -51,17 +53,27 @@ def truncate_events(run_dir, step):
             write_atomically(path, b"".join(map(encode, kept)))
 
 
+def _next_name(run_dir, step):
+    """A name that sorts after every event file of the run, its time field moved past theirs if need be.
+
+    TensorBoard reads a run's files in name order, and a reader left running only moves on to a later name. Two
+    resumes from one checkpoint within a second got one name: the second truncated the first's file and a live
+    reader, past that file's old end, never saw the new run's steps.
+    """
+    taken = [int(m.group(1)) for m in map(_NAME.match, os.listdir(run_dir)) if m]
+    seconds = max([int(time.time())] + [t + 1 for t in taken])
+    return "events.out.tfevents.%010d.%s.%09d" % (seconds, socket.gethostname(), step)
+
+
 class EventFile:
     """A new event file of a run starting (or resuming) at `step`.
 
     It opens with a file_version and a SessionLog START at step + 1: TensorBoard's readers then drop what they
     already hold of steps after `step`, so a TensorBoard left running over a resume shows each step once too.
-    The name sorts after the run's earlier files (TensorBoard reads them in name order), also within one second.
     """
 
     def __init__(self, run_dir, step):
-        name = "events.out.tfevents.%010d.%s.%09d" % (time.time(), socket.gethostname(), step)
-        self.path = os.path.join(run_dir, name)
+        self.path = os.path.join(run_dir, _next_name(run_dir, step))
         self.file = open(self.path, "wb")
         self.add(Event(file_version="brain.Event:2"))
         self.add(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
