@@ -299,16 +299,22 @@ def main(argv=None):
     run_dir = os.path.abspath(args.resume or args.run_dir or new_run_dir(config.log_dir, config.dataset,
                                                                          config.run_suffix))
     kv, rank, num_workers = training.make_kvstore(config.kvstore)
+    new_dir = rank == 0 and not os.path.exists(run_dir)
     held = contextlib.ExitStack()
     if rank == 0:  # one trainer per run directory; the other workers of a dist_* run only read it
         try:
             held.enter_context(locks.directory_lock(run_dir, LOCK))
         except locks.DirectoryLocked as error:
             raise SystemExit("train_gqn.py: %s: another trainer runs there; wait for it to end or stop it" % error)
-    with held:
-        if rank == 0:
-            claim_run_dir(run_dir, args.resume)
-        start(args, config, model_values, run_dir, kv, rank, num_workers)
+    try:
+        with held:
+            if rank == 0:
+                claim_run_dir(run_dir, args.resume)
+            start(args, config, model_values, run_dir, kv, rank, num_workers)
+    finally:
+        if new_dir:  # a run that failed before writing anything leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)
 
 
 def claim_run_dir(run_dir, resume):

@@ -281,6 +281,7 @@ def test_bad_flags_and_missing_data_give_clear_errors(data_dir, tmp_path, flags,
     assert done.returncode != 0
     assert message in done.stderr, done.stderr[-1500:]
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # nothing left behind: a failed new run used to leave its empty directory
 
 
 def run_dist_sync(data_dir, run_dir):
