@@ -359,10 +359,9 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
     except WriteFailed as error:
         raise SystemExit("train_gqn.py: %s" % error)
     if rank == 0:
-        print("run %s (%s step %d)\n%s\n%s\n%s" % (run_dir, "resumed at" if found else "new, from", step,
-                                               json.dumps(dataclasses.asdict(config)),
-                                               json.dumps(model_config.to_dict()), cpu.isa() + "; precision " + why),
-              flush=True)
+        print("run %s (%s step %d)\n%s\n%s\n%s; precision %s\n%s" % (
+            run_dir, "resumed at" if found else "new, from", step, json.dumps(dataclasses.asdict(config)),
+            json.dumps(model_config.to_dict()), cpu.isa(), why, cpu.wait_policy()), flush=True)
     per_device = config.micro_batch or config.batch_size // len(ctxs)
     try:
         val, val_masks = training.validation_batches(root, config.val_scenes, k, per_device, ctxs[0])

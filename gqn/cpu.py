@@ -1,10 +1,14 @@
 """CPU settings every entry point makes before importing mxnet: setup(); isa() names the kernels it leads to.
 
 OpenMP threads. MXNet runs one OpenMP thread per two cores unless told otherwise (it assumes hyper-threading);
-on a CPU without it that halves convolution speed. setup() makes it one per core; a user's OMP_NUM_THREADS wins. Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of
-spinning: each of the thousands of small parallel regions of a step waits for its slowest thread, and when other
-processes share the cores a spinning thread burns the time slice its partner needs (README, Speed). A user's
-OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+on a CPU without it that halves convolution speed. setup() makes it one per core; a user's OMP_NUM_THREADS wins.
+A step is thousands of small parallel regions, and what an OpenMP thread does between them decides its speed
+both ways: on cores of its own, a thread that spins (OMP_WAIT_POLICY=ACTIVE) starts the next region at once and
+a small step runs up to 1.8x faster than with threads that sleep (PASSIVE); when other processes share the
+cores, a spinning thread burns the time slice its partner needs and the step runs 2.5-7x slower than sleeping
+(README, Speed). libgomp reads the policy once, when it loads, so setup() decides then: spin when other
+processes kept less than a quarter of one core busy over a 0.1 s sample of /proc/stat, sleep otherwise or where
+it cannot tell. wait_policy() says which, and why. A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 
 Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift
 into the denormal range (below 1.2e-38), where each x86 float operation takes ~100 cycles instead of one
@@ -28,6 +32,7 @@ import functools
 import mmap
 import os
 import platform
+import time
 
 import numpy
 
@@ -39,6 +44,8 @@ AMX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 AMX_ISA = "AVX512_CORE_AMX"
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-64 Linux
 _amx = {"granted": False}  # whether this process was granted AMX tile data by setup()
+SHARED = 0.25  # cores busy with other processes at start above which OpenMP threads sleep instead of spinning
+_wait = {"busy": None}  # what setup() measured: cores other processes kept busy, or None (not measured)
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,18 +60,50 @@ def _function(code):
 
 
 def setup():
-    """OpenMP threads = cores, sleeping when idle, and denormals flushed -> whether they are.
+    """OpenMP threads = cores, spinning or sleeping when idle (see the module docstring), and denormals flushed
+    -> whether they are.
 
     GQN_DENORMALS=keep leaves the CPU's denormal handling alone (bench/denormals.py compares the two).
     AMX tiles are requested and oneDNN pointed at them where the CPU has them (see the module docstring).
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    if "GOMP_SPINCOUNT" not in os.environ:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        _wait["busy"] = busy_cores()
+        os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if _wait["busy"] is not None and _wait["busy"] < SHARED else "PASSIVE"
     enable_amx(cpu_flags())
     if os.environ.get("GQN_DENORMALS", "flush") == "keep":
         return False
     return flush_denormals()
+
+
+def busy_cores(seconds=0.1, stat="/proc/stat"):
+    """How many cores other processes kept busy (user, system and interrupt time) over `seconds` while this one
+    slept, from the kernel's CPU counters; None where there are none."""
+    def ticks():
+        with open(stat) as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        user, nice, system, idle, iowait, irq, softirq = (fields + [0] * 7)[:7]
+        return user + nice + system + irq + softirq, sum(fields[:8])  # busy, all (to steal)
+    try:
+        busy0, all0 = ticks()
+        time.sleep(seconds)
+        busy1, all1 = ticks()
+    except (OSError, ValueError):
+        return None
+    return (os.cpu_count() or 1) * (busy1 - busy0) / max(all1 - all0, 1)
+
+
+def wait_policy(environ=os.environ):
+    """One line for a run's log: what idle OpenMP threads do, and why."""
+    policy = environ.get("OMP_WAIT_POLICY", "").upper()
+    if _wait["busy"] is None or "GOMP_SPINCOUNT" in environ:
+        return "OpenMP threads %s (%s)" % ("spin" if policy == "ACTIVE" else "sleep when idle",
+                                            "set by the user" if policy or "GOMP_SPINCOUNT" in environ
+                                            else "cannot tell whether the cores are shared")
+    if policy == "ACTIVE":
+        return ("OpenMP threads spin: the cores were idle at start (%.2f busy); set OMP_WAIT_POLICY=PASSIVE if "
+                "other jobs will share them" % _wait["busy"])
+    return "OpenMP threads sleep when idle: other processes kept %.2f cores busy at start" % _wait["busy"]
 
 
 def supported():

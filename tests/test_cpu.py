@@ -140,14 +140,33 @@ def test_bf16_step_runs_avx512_bf16_kernels_without_amx():
     assert any("avx512_core_bf16" in k for k in kernels) and not any("amx" in k for k in kernels), kernels
 
 
-def test_setup_makes_idle_openmp_threads_sleep_unless_the_user_chose():
-    code = "import os; from gqn import cpu; cpu.setup(); print(os.environ.get('OMP_WAIT_POLICY'))"
+def test_idle_openmp_threads_spin_on_idle_cores_and_sleep_on_shared_ones(tmp_path):
+    code = ("import os, sys; from gqn import cpu; cpu.SHARED = float(sys.argv[1]); cpu.setup(); "
+            "print(os.environ.get('OMP_WAIT_POLICY')); print(cpu.wait_policy())")
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
-    def policy(**env):
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+    def policy(shared, **env):
+        done = subprocess.run([sys.executable, "-c", code, str(shared)], capture_output=True, text=True, cwd=ROOT,
                               env=dict(clean, **env))
-        return done.stdout.strip()
-    assert policy() == "PASSIVE"
-    assert policy(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
-    assert policy(GOMP_SPINCOUNT="10000") == "None"  # a spin count only means something to active waiting
+        return done.stdout.split("\n", 1)
+    # any load is under a threshold of 1e9 cores and over one of -1
+    idle = policy(1e9)
+    assert idle[0] == "ACTIVE" and idle[1].startswith("OpenMP threads spin: the cores were idle"), idle
+    assert policy(-1)[0] == "PASSIVE" and "other processes kept" in policy(-1)[1]
+    assert policy(1e9, OMP_WAIT_POLICY="PASSIVE") == ["PASSIVE", "OpenMP threads sleep when idle (set by the user)\n"]
+    assert policy(-1, OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "OpenMP threads spin (set by the user)\n"]
+    assert policy(1e9, GOMP_SPINCOUNT="10000")[0] == "None"  # a spin count only means something to active waiting
+
+
+def test_busy_cores_counts_what_other_processes_used(tmp_path, monkeypatch):
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal (ticks since boot)."""
+    stat = tmp_path / "stat"
+    samples = iter(["cpu 100 0 50 1000 10 0 0 5 0 0\n", "cpu 130 0 60 1050 10 0 0 5 0 0\n"])
+
+    def sleep(seconds):
+        stat.write_text(next(samples))
+    stat.write_text(next(samples))
+    monkeypatch.setattr(cpu.time, "sleep", sleep)
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
+    assert cpu.busy_cores(stat=str(stat)) == pytest.approx(2 * 40 / 90)  # 40 busy ticks of 90
+    assert cpu.busy_cores(stat=str(tmp_path / "none")) is None
