@@ -77,20 +77,24 @@ def setup():
 
 
 def busy_cores(seconds=0.1, stat="/proc/stat"):
-    """How many cores other processes kept busy (user, system and interrupt time) over `seconds` while this one
-    slept, from the kernel's CPU counters; None where there are none."""
+    """How many cores other processes kept busy (user, system and interrupt time) over `seconds`, from the
+    kernel's CPU counters less this process's own time (numpy's BLAS threads can still be spinning); None where
+    there are no counters."""
     def ticks():
         with open(stat) as f:
             fields = [int(x) for x in f.readline().split()[1:]]
         user, nice, system, idle, iowait, irq, softirq = (fields + [0] * 7)[:7]
-        return user + nice + system + irq + softirq, sum(fields[:8])  # busy, all (to steal)
+        own = os.times()
+        return user + nice + system + irq + softirq, sum(fields[:8]), own.user + own.system  # ticks, s
     try:
-        busy0, all0 = ticks()
+        busy0, all0, own0 = ticks()
         time.sleep(seconds)
-        busy1, all1 = ticks()
+        busy1, all1, own1 = ticks()
     except (OSError, ValueError):
         return None
-    return (os.cpu_count() or 1) * (busy1 - busy0) / max(all1 - all0, 1)
+    cores = os.cpu_count() or 1
+    own = (own1 - own0) * os.sysconf("SC_CLK_TCK")  # in the counters' ticks
+    return max(cores * (busy1 - busy0 - own) / max(all1 - all0, 1), 0.0)
 
 
 def wait_policy(environ=os.environ):
