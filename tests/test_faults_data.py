@@ -57,11 +57,18 @@ def source(tmp_path_factory):
     return root, _files(out), time.monotonic() - started
 
 
+def _default_sigint():
+    """In a child before it runs: SIGINT back to its default. A shell's background job (`cmd &`) inherits SIGINT
+    ignored, and Python then installs no KeyboardInterrupt: a Ctrl-C test run that way tested nothing, or hung."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(root, out):
     """The converter with 2 workers in its own session, its stderr in OUT.log."""
     with open(out + ".log", "w") as log:
         return subprocess.Popen([sys.executable, SCRIPT, "--dataset", NAME, "--tfrecord-dir", root, "--data-dir", out, "--workers", "2"],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                                preexec_fn=_default_sigint)
 
 
 def _log(out):
@@ -405,7 +412,8 @@ def _render(out):
     """`python -m gqn.synthetic` with 2 render processes, in its own session."""
     return subprocess.Popen([sys.executable, "-m", "gqn.synthetic", "--dataset", "rooms_ring", "--data-dir", out,
                              "--train-scenes", "2000", "--workers", "2"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def _ignores(pid, signum):
