@@ -4,8 +4,8 @@ OpenMP threads. MXNet runs one OpenMP thread per two cores unless told otherwise
 on a CPU without it that halves convolution speed. setup() makes it one per core; a user's OMP_NUM_THREADS wins.
 A step is thousands of small parallel regions, and what an OpenMP thread does between them decides its speed
 both ways: on cores of its own, a thread that spins (OMP_WAIT_POLICY=ACTIVE) starts the next region at once and
-a small step runs up to 1.8x faster than with threads that sleep (PASSIVE); when other processes share the
-cores, a spinning thread burns the time slice its partner needs and the step runs 2.5-7x slower than sleeping
+a small step runs 1.3-2x faster than with threads that sleep (PASSIVE); when other processes share the cores,
+a spinning thread burns the time slice its partner needs and the step runs 2-7x slower than sleeping
 (README, Speed). libgomp reads the policy once, when it loads, so setup() decides then: spin when other
 processes kept less than a quarter of one core busy over a 0.1 s sample of /proc/stat, sleep otherwise or where
 it cannot tell. wait_policy() says which, and why. A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
@@ -100,10 +100,11 @@ def busy_cores(seconds=0.1, stat="/proc/stat"):
 def wait_policy(environ=os.environ):
     """One line for a run's log: what idle OpenMP threads do, and why."""
     policy = environ.get("OMP_WAIT_POLICY", "").upper()
-    if _wait["busy"] is None or "GOMP_SPINCOUNT" in environ:
+    if "GOMP_SPINCOUNT" in environ:
+        return "OpenMP threads spin %s times before they sleep (set by the user)" % environ["GOMP_SPINCOUNT"]
+    if _wait["busy"] is None:
         return "OpenMP threads %s (%s)" % ("spin" if policy == "ACTIVE" else "sleep when idle",
-                                            "set by the user" if policy or "GOMP_SPINCOUNT" in environ
-                                            else "cannot tell whether the cores are shared")
+                                            "set by the user" if policy else "cannot tell whether the cores are shared")
     if policy == "ACTIVE":
         return ("OpenMP threads spin: the cores were idle at start (%.2f busy); set OMP_WAIT_POLICY=PASSIVE if "
                 "other jobs will share them" % _wait["busy"])
