@@ -149,9 +149,11 @@ def test_the_shipped_demo_evaluates_on_a_fresh_clone(tmp_path):
     done = command("evaluate_gqn.py", clone / "assets" / "demo", "--scenes", 4, "--samples", 1, "--max-context", 2,
                    "--json", tmp_path / "eval.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    manifest = json.loads((clone / "datasets" / "rooms_ring-32px-2000" / "test" / "manifest.json").read_text())
-    assert manifest["scene_count"] == 200 and manifest["frame_size"] == 32
-    assert not (clone / "datasets" / "rooms_ring-32px-2000" / "train").exists()  # only what evaluation needs
+    scenes = json.loads((clone / "assets" / "demo" / "state.json").read_text())["config"]["train_scenes"]
+    dataset = clone / "datasets" / ("rooms_ring-32px-%d" % scenes)
+    manifest = json.loads((dataset / "test" / "manifest.json").read_text())
+    assert manifest["scene_count"] == scenes // 10 and manifest["frame_size"] == 32
+    assert not (dataset / "train").exists()  # only what evaluation needs
     assert sorted(json.loads((tmp_path / "eval.json").read_text())["metrics"]) == ["1", "2"]
 
 
