@@ -31,7 +31,7 @@ from gqn.loop import Progress, Stop
 from gqn.plots import plot_curves
 from gqn.presets import PRESETS
 from gqn.runs import RunLog, WriteFailed, ensure_dataset, new_run_dir, resolve_path, saved_config, writing
-from gqn.schedules import linear_anneal
+from gqn.schedules import linear_anneal, with_cooldown
 
 
 LOCK = ".lock"  # RUN/.lock, held by the run's trainer (gqn/locks.py)
@@ -57,6 +57,9 @@ class TrainConfig:
     lr_steps: int = arg(1600000, "steps over which the learning rate anneals linearly", low=1)
     lr_warmup_steps: int = arg(0, "first steps, in which the learning rate rises linearly from 0 to --lr-initial "
                                   "(its decay then starts); 0 = none, as in the paper", low=0)
+    lr_cooldown_steps: int = arg(0, "last steps before --max-steps, in which the learning rate falls linearly from "
+                                    "its value there to --lr-cooldown-final; 0 = none", low=0)
+    lr_cooldown_final: float = arg(0.0, "learning rate at --max-steps after a cool-down", low=0)
     max_steps: int = arg(2000000, "length of training in steps", low=1)
     minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes; 0 = no limit", low=0)
     val_scenes: int = arg(72, "held-out scenes scored at each validation (at most the test split's)", low=1)
@@ -141,7 +144,7 @@ def prepare_data(config):
 # process picks these at start anyway). The rest makes the run what it is (model, data, batch, seed): changing it
 # is a new run.
 RESUMABLE = ("sigma_initial", "sigma_final", "sigma_steps", "lr_initial", "lr_final", "lr_steps", "lr_warmup_steps",
-             "max_steps", "minutes", "val_every", "log_every", "checkpoint_every", "workers", "micro_batch", "devices",
+             "lr_cooldown_steps", "lr_cooldown_final", "max_steps", "minutes", "val_every", "log_every", "checkpoint_every", "workers", "micro_batch", "devices",
              "amp", "data_dir")
 
 
@@ -210,7 +213,8 @@ def train(run, step, stop):
     """The loop, in a fixed order: schedule -> forward/backward -> step -> log -> validate -> checkpoint."""
     config, log = run.config, run.log
     sigma_at = linear_anneal(config.sigma_initial, config.sigma_final, config.sigma_steps)
-    lr_at = linear_anneal(config.lr_initial, config.lr_final, config.lr_steps, config.lr_warmup_steps)
+    lr_at = with_cooldown(linear_anneal(config.lr_initial, config.lr_final, config.lr_steps, config.lr_warmup_steps),
+                          config.max_steps, config.lr_cooldown_steps, config.lr_cooldown_final)
     deadline = time.time() + 60 * config.minutes if config.minutes > 0 else float("inf")
     batches = training.training_batches(run.root, config.batch_size, run.k, config.seed + run.rank, config.workers,
                                         step)
@@ -291,6 +295,9 @@ def main(argv=None):
         if args.run_dir:
             raise SystemExit("train_gqn.py: --run-dir %s with --resume %s: --resume names the run directory; give it "
                              "alone" % (args.run_dir, args.resume))
+    if config.lr_cooldown_steps > config.max_steps:
+        raise SystemExit("train_gqn.py: --lr-cooldown-steps %d: valid 0..%d (the run's --max-steps)"
+                         % (config.lr_cooldown_steps, config.max_steps))
     # Paths are stored absolute, so the run resumes, evaluates and renders from any current directory; a
     # resumed run's relative ones (shipped or older runs) are relative to its directory.
     base = args.resume or os.getcwd()

@@ -32,8 +32,17 @@ class Batch(namedtuple("Batch", ["context_frames", "context_cameras", "context_m
     __slots__ = ()
 
     def as_in_context(self, ctx):
-        return Batch(*(a.as_in_context(ctx) if isinstance(a, mx.nd.NDArray)
-                       else mx.nd.array(a, ctx=ctx, dtype=a.dtype) for a in self))
+        return Batch(*(a.as_in_context(ctx) if isinstance(a, mx.nd.NDArray) else to_nd(a, ctx) for a in self))
+
+
+def to_nd(array, ctx=mx.cpu()):
+    """A numpy array -> an NDArray on `ctx`. On cpu(0) a float32 array is shared, not copied (DLPack; the numpy
+    array becomes read-only): mx.nd.array's copy is synchronous and waits in the engine's queue behind every
+    operation already pushed, so a training loop that makes its next batch while a step runs would stall until
+    that step ends. Elsewhere, a copy."""
+    if ctx == mx.cpu() and array.dtype == np.float32:
+        return mx.nd.from_numpy(np.ascontiguousarray(array))
+    return mx.nd.array(array, ctx=ctx, dtype=array.dtype)
 
 
 def transform_cameras(raw):
@@ -223,7 +232,7 @@ class Loader:
 
 
 def _to_nd(arrays):
-    return Batch(*(mx.nd.array(a, dtype=a.dtype) for a in arrays))
+    return Batch(*map(to_nd, arrays))
 
 
 def _check_range(name, value, low, high):

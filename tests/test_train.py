@@ -84,12 +84,15 @@ def test_tensorboard_reads_scalars_and_image(data_dir, tmp_path):
 
 
 def test_resume_continues_the_same_run(data_dir, tmp_path):
+    """A run stopped at step 3 and resumed ends as one uninterrupted run; the resume adds a learning-rate cool-down
+    over the last 4 steps, which the whole run had from its start (a resume may change the schedules)."""
     common = ["--data-dir", data_dir, "--checkpoint-every", 3, "--val-every", 100]
-    whole = train(*common, "--run-dir", tmp_path / "whole", "--max-steps", 7)  # crosses an epoch (4 batches)
+    cooldown = ["--lr-cooldown-steps", 4, "--lr-cooldown-final", 1e-5]
+    whole = train(*common, *cooldown, "--run-dir", tmp_path / "whole", "--max-steps", 7)  # crosses an epoch (4 batches)
     assert whole.returncode == 0, whole.stderr[-2000:]
     half = train(*common, "--run-dir", tmp_path / "half", "--max-steps", 3)
     assert half.returncode == 0, half.stderr[-2000:]
-    resumed = train("--resume", tmp_path / "half", "--max-steps", 7)
+    resumed = train("--resume", tmp_path / "half", "--max-steps", 7, *cooldown)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed at step 3" in resumed.stdout
     a, b = params_of(tmp_path / "whole/checkpoint/model.params"), params_of(tmp_path / "half/checkpoint/model.params")
@@ -98,6 +101,10 @@ def test_resume_continues_the_same_run(data_dir, tmp_path):
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
     curve = lambda run: [m["elbo"] for m in metrics_of(run, "train") if m["step"] > 3]
     np.testing.assert_allclose(curve(tmp_path / "half"), curve(tmp_path / "whole"), rtol=1e-5)
+    base = lambda step: 5e-4 - (5e-4 - 5e-5) * step / 1600000  # the dry run's schedule; the cool-down starts at 3
+    lrs = [m["lr"] for m in metrics_of(tmp_path / "half", "schedule")]  # logged at step s: the rate of step s - 1
+    np.testing.assert_allclose(lrs, [base(0), base(1), base(2)] + [base(3) + (1e-5 - base(3)) * i / 4
+                                                                   for i in range(4)], rtol=1e-6)
 
 
 def sgd_update(micro_batch, seed=3, hybridize=True, ctxs=(mx.cpu(),)):
@@ -273,6 +280,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     (["--resume", "/nonexistent/run"], "no checkpoint there"),
     (["--sigma-final", 0], "argument --sigma-final: 0: valid above 0"),
     (["--lr-warmup-steps", 5, "--lr-steps", 5], "--lr-warmup-steps 5: valid 0..4"),
+    (["--lr-cooldown-steps", 5], "--lr-cooldown-steps 5: valid 0..4 (the run's --max-steps)"),
     (["--micro-batch", 3], "--micro-batch 3 does not divide the 4 scenes"),
 ])
 def test_bad_flags_and_missing_data_give_clear_errors(data_dir, tmp_path, flags, message):
