@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = ["train_gqn.py", "evaluate_gqn.py", "render_gqn.py", "export_gqn.py", "data/gqn_data_to_recordio.py",
          "-m gqn.synthetic", "bench/bench_loader.py", "bench/bench_step.py", "bench/profile_step.py",
          "bench/leak_check.py", "bench/denormals.py", "bench/bench_progress.py", "bench/compare.py",
-         "bench/dnnl_profile.py"]
+         "bench/dnnl_profile.py", "bench/bench_train.py"]
 
 
 def command(tool, *flags, cwd=ROOT, timeout=180):

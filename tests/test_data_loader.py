@@ -111,3 +111,23 @@ def test_leaving_a_threaded_loader_mid_epoch_exits_cleanly(root):
             "    if i == 1:\n        break\nprint('left')" % (os.path.dirname(os.path.dirname(__file__)), root))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "left" in done.stdout, done.stderr[-1000:]
+
+
+def test_batches_share_their_numpy_memory_on_the_cpu():
+    """to_nd shares a float32 array's memory on cpu(0) (no engine copy: mx.nd.array's waits behind the running
+    step) and keeps the array alive as long as the NDArray; other devices and dtypes get a copy."""
+    import gc
+
+    import mxnet as mx
+    array = np.random.default_rng(0).uniform(size=(2, 5, 3, 8, 8)).astype(np.float32)
+    expected = array.copy()
+    shared = loader.to_nd(array)
+    assert shared.context == mx.cpu() and shared.dtype == np.float32
+    assert not array.flags.writeable  # the sign of shared memory: the array can no longer change under MXNet
+    del array
+    gc.collect()
+    np.testing.assert_array_equal((shared * 1).asnumpy(), expected)  # read by an engine op after the owner went
+    for other in (loader.to_nd(expected, mx.cpu(1)), loader.to_nd(expected.astype(np.float64))):
+        np.testing.assert_array_equal(other.asnumpy(), expected)
+        assert expected.flags.writeable  # copied, not shared
+    assert loader.to_nd(expected.astype(np.float64)).dtype == np.float64
