@@ -10,6 +10,14 @@ a spinning thread burns the time slice its partner needs and the step runs 2-7x 
 processes kept less than a quarter of one core busy over a 0.1 s sample of /proc/stat, sleep otherwise or where
 it cannot tell. wait_policy() says which, and why. A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 
+One OpenMP team only. MXNet copies an array of 200,000 or more elements with an OpenMP team of the thread that
+asks (MXNET_CPU_PARALLEL_SIZE), and Python's main thread asks each time it reads an array (asnumpy: validation,
+logging, checkpoints) or makes one (mx.nd.array). Its team's worker then waits for the main thread's next copy
+beside the engine's team, spinning under ACTIVE, and takes a core from the engine's team for the rest of the
+run: cpu-demo training fell from ~72 to ~54 samples/s after its first validation. setup() raises the threshold
+to the largest int, so copies are one memcpy in the calling thread and the engine's team is the only one (a
+user's MXNET_CPU_PARALLEL_SIZE wins; tests/test_cpu.py counts the threads).
+
 Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift
 into the denormal range (below 1.2e-38), where each x86 float operation takes ~100 cycles instead of one
 (bench/denormals.py measures it). MXNet 1.9.1 has no switch for it (apache/mxnet#20338 added one after 1.9.1), so we set the
@@ -44,6 +52,7 @@ AMX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 AMX_ISA = "AVX512_CORE_AMX"
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-64 Linux
 _amx = {"granted": False}  # whether this process was granted AMX tile data by setup()
+SERIAL_COPIES = str(2 ** 31 - 1)  # MXNET_CPU_PARALLEL_SIZE: MXNet parses an int; no array is that long here
 SHARED = 0.25  # cores busy with other processes at start above which OpenMP threads sleep instead of spinning
 _wait = {"busy": None}  # what setup() measured: cores other processes kept busy, or None (not measured)
 
@@ -60,13 +69,14 @@ def _function(code):
 
 
 def setup():
-    """OpenMP threads = cores, spinning or sleeping when idle (see the module docstring), and denormals flushed
-    -> whether they are.
+    """OpenMP threads = cores, spinning or sleeping when idle, in one team (see the module docstring), and
+    denormals flushed -> whether they are.
 
     GQN_DENORMALS=keep leaves the CPU's denormal handling alone (bench/denormals.py compares the two).
     AMX tiles are requested and oneDNN pointed at them where the CPU has them (see the module docstring).
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    os.environ.setdefault("MXNET_CPU_PARALLEL_SIZE", SERIAL_COPIES)
     if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
         _wait["busy"] = busy_cores()
         os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if _wait["busy"] is not None and _wait["busy"] < SHARED else "PASSIVE"

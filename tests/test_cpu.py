@@ -172,3 +172,23 @@ def test_busy_cores_counts_what_other_processes_used(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
     assert cpu.busy_cores(stat=str(stat)) == pytest.approx(2 * 40 / 90)  # 40 busy ticks of 90
     assert cpu.busy_cores(stat=str(tmp_path / "none")) is None
+
+
+def test_python_threads_copies_make_no_second_openmp_team():
+    """Reading a large array from Python (asnumpy) and making one (mx.nd.array) copy it in the main thread; with
+    MXNet's default threshold that copy starts an OpenMP team of the main thread, whose waiting worker then
+    competes with the engine's team for the rest of the run. setup() keeps such copies serial: no new thread."""
+    code = ("import os, sys; from gqn import cpu; cpu.setup(); import mxnet as mx\n"
+            "a = mx.nd.ones((1000, 1000)) * 2; a.wait_to_read()  # made by the engine's team\n"
+            "before = len(os.listdir('/proc/self/task')); mx.nd.array(a.asnumpy()).wait_to_read()\n"
+            "print(len(os.listdir('/proc/self/task')) - before)")
+    # this process's setup() set the variable: the child must set it itself; a team needs two threads
+    env = dict({k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}, OMP_NUM_THREADS="2")
+
+    def new_threads(**extra):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                              env=dict(env, **extra))
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(done.stdout)
+    assert new_threads() == 0
+    assert new_threads(MXNET_CPU_PARALLEL_SIZE="200000") >= 1  # MXNet's default (a user's value wins): a team
