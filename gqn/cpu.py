@@ -12,9 +12,10 @@ it cannot tell. wait_policy() says which, and why. A user's OMP_WAIT_POLICY or G
 
 One OpenMP team only. MXNet copies an array of 200,000 or more elements with an OpenMP team of the thread that
 asks (MXNET_CPU_PARALLEL_SIZE), and Python's main thread asks each time it reads an array (asnumpy: validation,
-logging, checkpoints) or makes one (mx.nd.array). Its team's worker then waits for the main thread's next copy
-beside the engine's team, spinning under ACTIVE, and takes a core from the engine's team for the rest of the
-run: cpu-demo training fell from ~72 to ~54 samples/s after its first validation. setup() raises the threshold
+logging, checkpoints) or makes one (mx.nd.array). That team's thread outlives the copy, and with more OpenMP
+threads than CPUs libgomp cuts every thread's spinning to 1,000 turns (GOMP_SPINCOUNT's documentation): the
+engine's team then waits as if sleeping for the rest of the run, and cpu-demo training fell from ~72 to ~54
+samples/s (the sleeping rate) after its first validation. setup() raises the threshold
 to the largest int, so copies are one memcpy in the calling thread and the engine's team is the only one (a
 user's MXNET_CPU_PARALLEL_SIZE wins; tests/test_cpu.py counts the threads).
 

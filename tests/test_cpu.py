@@ -176,8 +176,8 @@ def test_busy_cores_counts_what_other_processes_used(tmp_path, monkeypatch):
 
 def test_python_threads_copies_make_no_second_openmp_team():
     """Reading a large array from Python (asnumpy) and making one (mx.nd.array) copy it in the main thread; with
-    MXNet's default threshold that copy starts an OpenMP team of the main thread, whose waiting worker then
-    competes with the engine's team for the rest of the run. setup() keeps such copies serial: no new thread."""
+    MXNet's default threshold that copy starts an OpenMP team of the main thread, whose thread stays, and libgomp
+    stops spinning once it has more threads than CPUs. setup() keeps such copies serial: no new thread."""
     code = ("import os, sys; from gqn import cpu; cpu.setup(); import mxnet as mx\n"
             "a = mx.nd.ones((1000, 1000)) * 2; a.wait_to_read()  # made by the engine's team\n"
             "before = len(os.listdir('/proc/self/task')); mx.nd.array(a.asnumpy()).wait_to_read()\n"
