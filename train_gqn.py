@@ -144,8 +144,8 @@ def prepare_data(config):
 # process picks these at start anyway). The rest makes the run what it is (model, data, batch, seed): changing it
 # is a new run.
 RESUMABLE = ("sigma_initial", "sigma_final", "sigma_steps", "lr_initial", "lr_final", "lr_steps", "lr_warmup_steps",
-             "lr_cooldown_steps", "lr_cooldown_final", "max_steps", "minutes", "val_every", "log_every", "checkpoint_every", "workers", "micro_batch", "devices",
-             "amp", "data_dir")
+             "lr_cooldown_steps", "lr_cooldown_final", "max_steps", "minutes", "val_every", "log_every",
+             "checkpoint_every", "workers", "micro_batch", "devices", "amp", "data_dir")
 
 
 def flag(name):
