@@ -7,11 +7,11 @@ Example: python bench/bench_train.py --rounds 3 --steps 300
          python bench/bench_train.py --variant "w0 --workers 0" --variant "w2 --workers 2"
 
 bench/bench_step.py times the step alone, on one batch made once; this times what a user sees, where the loop
-around the step can cost more than the step (a synchronous batch copy once cost 20% here). A variant is a name and
-its changes, in one argument: VAR=VALUE sets an environment variable, the rest are train_gqn.py flags. A round runs every variant
-once, in an order rotated by one each round, so that load from other processes falls on all alike. The rate of a
-run is the median of the samples/s it logs after --skip steps. Variants that do not change the math must end
-with the same loss (the same seed, data and noise): the last column shows it.
+around the step can cost more than the step (a synchronous batch copy once cost 20% here). A variant is a name
+and its changes, in one argument: VAR=VALUE sets an environment variable, the rest are train_gqn.py flags. A
+round runs every variant once, in an order rotated by one each round, so that load from other processes falls
+on all alike. The rate of a run is the median of the samples/s it logs after --skip steps. Variants that do not
+change the math must end with the same loss (the same seed, data and noise): the last column shows it.
 """
 import json
 import os
