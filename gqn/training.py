@@ -121,8 +121,13 @@ def validate(model, batches, sigma, seed, query_masks=None):
     for batch in batches:
         baselines.append(baseline_mse(*(a.asnumpy() for a in batch)))
         noise = mx.nd.random.normal(shape=model.noise_shape(batch.target.shape[0]), ctx=batch.target.context)
-        batch_terms, recon = model.elbo(batch, noise, sigma)
-        sample = renderer(*batch[:4], noise)
+        # Training mode (this model has no dropout or batch norm: the same numbers). In inference mode MXNet's
+        # oneDNN convolutions reorder their weights in place to a blocked layout; each later read of a parameter
+        # from Python (checkpoints) reorders it back with an OpenMP team of the main thread, which stops the
+        # engine's threads spinning for the rest of the run (gqn/cpu.py, docs/mxnet-notes.md).
+        with autograd.train_mode():
+            batch_terms, recon = model.elbo(batch, noise, sigma)
+            sample = renderer(*batch[:4], noise)
         samples.append(sample.asnumpy())
         batch_terms["mse_prior_sample"] = mx.nd.mean(mx.nd.square(batch.target - sample), axis=(1, 2, 3))  # (B,)
         terms.append(batch_terms)

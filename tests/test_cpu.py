@@ -192,3 +192,23 @@ def test_python_threads_copies_make_no_second_openmp_team():
         return int(done.stdout)
     assert new_threads() == 0
     assert new_threads(MXNET_CPU_PARALLEL_SIZE="200000") >= 1  # MXNet's default (a user's value wins): a team
+
+
+def test_validation_leaves_no_second_openmp_team_behind():
+    """A training step, a validation and a checkpoint's read of every parameter, in a fresh process: the
+    main thread must not become an OpenMP master (validation in inference mode reordered the convolution weights
+    in place, and reading them back from Python started a team)."""
+    code = ("import os, sys; sys.path.insert(0, 'tests'); from gqn import cpu; cpu.setup(); import mxnet as mx\n"
+            "from test_train import tiny_model_and_batch; from gqn import training\n"
+            "model, batch = tiny_model_and_batch(); model.hybridize(static_alloc=True, static_shape=True)\n"
+            "model.generator().hybridize(static_alloc=True, static_shape=True)\n"
+            "trainer = mx.gluon.Trainer(model.collect_params(), 'adam')\n"
+            "training.train_step(model, trainer, batch, [mx.cpu()], 1.0, batch.target.shape[0]); mx.nd.waitall()\n"
+            "before = len(os.listdir('/proc/self/task'))\n"
+            "training.validate(model, [batch], 1.0, seed=0); training.check_parameters(model, 1, '.', None)\n"
+            "print(len(os.listdir('/proc/self/task')) - before)")
+    env = dict({k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}, OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip().splitlines()[-1]) == 0
