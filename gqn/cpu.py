@@ -15,9 +15,9 @@ asks (MXNET_CPU_PARALLEL_SIZE), and Python's main thread asks each time it reads
 logging, checkpoints) or makes one (mx.nd.array). That team's thread outlives the copy, and with more OpenMP
 threads than CPUs libgomp cuts every thread's spinning to 1,000 turns (GOMP_SPINCOUNT's documentation): the
 engine's team then waits as if sleeping for the rest of the run, and cpu-demo training fell from ~72 to ~54
-samples/s (the sleeping rate) after its first validation. setup() raises the threshold
-to the largest int, so copies are one memcpy in the calling thread and the engine's team is the only one (a
-user's MXNET_CPU_PARALLEL_SIZE wins; tests/test_cpu.py counts the threads).
+samples/s (the sleeping rate) after its first validation. setup() raises the threshold to the largest int, so
+copies are one memcpy in the calling thread and the engine's team is the only one (a user's
+MXNET_CPU_PARALLEL_SIZE wins; tests/test_cpu.py counts the threads).
 
 Denormal floats, flushed to zero on x86-64. As a GQN trains, gate gradients and saturated activations drift
 into the denormal range (below 1.2e-38), where each x86 float operation takes ~100 cycles instead of one

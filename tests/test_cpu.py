@@ -174,6 +174,16 @@ def test_busy_cores_counts_what_other_processes_used(tmp_path, monkeypatch):
     assert cpu.busy_cores(stat=str(tmp_path / "none")) is None
 
 
+def new_threads(code, **extra):
+    """`code`, which prints how many threads it added, in a fresh interpreter with setup()'s own choice of
+    MXNET_CPU_PARALLEL_SIZE (this process set it) and two OpenMP threads (a team needs two, whatever the cores)."""
+    env = dict({k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}, OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(env, **extra))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.strip().splitlines()[-1])
+
+
 def test_python_threads_copies_make_no_second_openmp_team():
     """Reading a large array from Python (asnumpy) and making one (mx.nd.array) copy it in the main thread; with
     MXNet's default threshold that copy starts an OpenMP team of the main thread, whose thread stays, and libgomp
@@ -182,16 +192,8 @@ def test_python_threads_copies_make_no_second_openmp_team():
             "a = mx.nd.ones((1000, 1000)) * 2; a.wait_to_read()  # made by the engine's team\n"
             "before = len(os.listdir('/proc/self/task')); mx.nd.array(a.asnumpy()).wait_to_read()\n"
             "print(len(os.listdir('/proc/self/task')) - before)")
-    # this process's setup() set the variable: the child must set it itself; a team needs two threads
-    env = dict({k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}, OMP_NUM_THREADS="2")
-
-    def new_threads(**extra):
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                              env=dict(env, **extra))
-        assert done.returncode == 0, done.stderr[-2000:]
-        return int(done.stdout)
-    assert new_threads() == 0
-    assert new_threads(MXNET_CPU_PARALLEL_SIZE="200000") >= 1  # MXNet's default (a user's value wins): a team
+    assert new_threads(code) == 0
+    assert new_threads(code, MXNET_CPU_PARALLEL_SIZE="200000") >= 1  # MXNet's default (a user's value wins): a team
 
 
 def test_validation_leaves_no_second_openmp_team_behind():
@@ -207,8 +209,4 @@ def test_validation_leaves_no_second_openmp_team_behind():
             "before = len(os.listdir('/proc/self/task'))\n"
             "training.validate(model, [batch], 1.0, seed=0); training.check_parameters(model, 1, '.', None)\n"
             "print(len(os.listdir('/proc/self/task')) - before)")
-    env = dict({k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}, OMP_NUM_THREADS="2")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert int(done.stdout.strip().splitlines()[-1]) == 0
+    assert new_threads(code) == 0
