@@ -54,7 +54,10 @@ def test_evaluation_json_has_every_k_and_metric_and_repeats_for_a_seed(run, tmp_
     for k in "123":
         assert set(first["metrics"][k]) == METRICS and all(np.isfinite(list(first["metrics"][k].values())))
         for name in METRICS:
-            np.testing.assert_allclose(again["metrics"][k][name], first["metrics"][k][name], rtol=1e-5, err_msg=name)
+            # atol: another batch size sums in another order (oneDNN's blocking differs by CPU), and the KL here is
+            # ~1e-3, a difference of far larger terms; other scenes would move every metric by far more
+            np.testing.assert_allclose(again["metrics"][k][name], first["metrics"][k][name], rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
         assert other["metrics"][k]["mse_prior_sample"] != first["metrics"][k]["mse_prior_sample"]
     assert evaluate(run, tmp_path / "d.json", "--seed", 5)["metrics"] == first["metrics"]  # bit for bit
     one = first["metrics"]["1"]
