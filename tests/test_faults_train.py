@@ -184,7 +184,9 @@ def wait_for_step(run, step, proc):
 def test_kill_9_at_random_moments_then_resume_ends_as_an_uninterrupted_run(data_dir, tmp_path, tensorboard):
     """Each kill comes a random time after a random step (in training, logging, validation or a save); a run killed
     before its first checkpoint is started again with its first command, as a user would."""
-    flags = ["--data-dir", data_dir, "--max-steps", 36, "--val-every", 3]
+    # steps enough that ten kills cannot carry the run to its end on a fast CPU (each kill lands up to ~0.1 s after
+    # its step, and the next start goes back to the last checkpoint): a run that finished could not be killed
+    flags = ["--data-dir", data_dir, "--max-steps", 120, "--val-every", 3]
     whole = subprocess.Popen([str(c) for c in TRAIN + flags + ["--run-dir", tmp_path / "whole"]],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run, rng, kills = tmp_path / "killed", random.Random(16), []
@@ -194,7 +196,7 @@ def test_kill_9_at_random_moments_then_resume_ends_as_an_uninterrupted_run(data_
         proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         proc.stdout.readline()  # "run ... (resumed at step N)": its logs are cut back to N, training starts
         wait_for_step(run, start + rng.randint(1, 3), proc)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.1))  # a step, its logging, validation or save takes ~0.05-0.1 s here
         proc.kill()
         assert proc.wait() == -signal.SIGKILL, kills  # killed, not finished
         kills.append((start, max(r["step"] for r in records(run))))
