@@ -264,6 +264,8 @@ class ModelConfig:
     canvas_to_inference: bool = option(True, "the inference core also reads the canvas (the authors' advice)")
     kernel: int = option(5, "ConvLSTM and prior/posterior kernel size", low=1)
     query_down_channels: int = option(48, "channels of the 4x4 stride-4 view of x_q (48 = 3*4*4, lossless)", low=1)
+    attention: int = option(0, "A, channels of the generator's attention over the context views' patches (0 = off, "
+                               "the paper's model)", low=0)
 
     def __post_init__(self):
         if self.representation not in REPRESENTATIONS:
@@ -274,6 +276,62 @@ class ModelConfig:
     def to_dict(self):
         return asdict(self)
 
+
+class PatchMemory(HybridBlock):
+    """What the generator's attention reads (`attention` A > 0; the paper's model has none): every context view's
+    representation patches, kept apart where r sums them, so where each view saw an object stays in one place.
+
+    (B*K, R, h', w') per-view maps, mask (B, K) -> keys (B, A, K*P) scaled by 1/sqrt(A), values (B, K*P, A),
+    an additive bias (B, 1, K*P) of -1e4 on the patches of masked-out views, and the learned embedding of each
+    query's place (1, A, h, w); P = h'*w'. Keys and values are 1x1 convolutions of a patch; a key also carries a
+    learned embedding of the patch's place in its view (the Tower already mixed the view's camera in).
+    """
+
+    def __init__(self, r_channels, channels, size, patch_size, **kwargs):
+        super().__init__(**kwargs)
+        self._scale = 1.0 / math.sqrt(channels)
+        with self.name_scope():
+            # no key bias, nor a place for a view's one patch: softmax ignores what adds to every key alike
+            self.key = _conv(r_channels, channels, 1, use_bias=False)
+            self.value = _conv(r_channels, channels, 1)
+            self.key_place = self.params.get("key_place", shape=(1, channels, patch_size, patch_size)) \
+                if patch_size > 1 else None
+            self.query_place = self.params.get("query_place", shape=(1, channels, size, size))
+
+    def hybrid_forward(self, F, views, mask, query_place, key_place=None):
+        keys = self.key(views)                                                         # (B*K, A, h', w')
+        if key_place is not None:
+            keys = F.broadcast_add(keys, key_place)
+        keys = keys * self._scale
+        keys = F.reshape(self._per_scene(F, keys, mask), shape=(0, 0, 0, -3))          # (B, K, A, P)
+        values = F.reshape(self._per_scene(F, self.value(views), mask), shape=(0, 0, 0, -3))  # (B, K, A, P)
+        bias = F.broadcast_like(F.reshape(mask - 1, shape=(0, 0, 1, 1)),               # (B, K, 1, P): -1 masked
+                                F.slice_axis(values, axis=2, begin=0, end=1))
+        bias = F.identity(F.reshape(F.swapaxes(bias, 1, 2), shape=(0, 0, -3)) * 1e4)  # (B, 1, K*P)
+        keys = F.reshape(F.swapaxes(keys, 1, 2), shape=(0, 0, -3))      # (B, A, K*P)
+        values = F.reshape(F.swapaxes(values, 2, 3), shape=(0, -3, 0))  # (B, K*P, A)
+        return keys, values, bias, F.identity(query_place)  # one read of the parameter (module docstring)
+
+    @staticmethod
+    def _per_scene(F, x, mask):
+        """(B*K, ...) -> (B, K, ...), B and K taken from the mask (B, K)."""
+        return F.reshape_like(x, mask, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)
+
+
+class PatchRead(HybridBlock):
+    """One step's attention read: each state pixel of h_g (B, C, h, w) queries a PatchMemory -> (B, A, h, w)."""
+
+    def __init__(self, hidden, channels, size, **kwargs):
+        super().__init__(**kwargs)
+        self._size = size
+        with self.name_scope():
+            self.query = _conv(hidden, channels, 1)
+
+    def hybrid_forward(self, F, h, keys, values, bias, query_place):
+        query = F.reshape(F.broadcast_add(self.query(h), query_place), shape=(0, 0, -3))  # (B, A, h*w)
+        logits = F.broadcast_add(F.batch_dot(query, keys, transpose_a=True), bias)        # (B, h*w, K*P)
+        read = F.batch_dot(F.softmax(logits, axis=-1), values)                            # (B, h*w, A)
+        return F.reshape(F.swapaxes(read, 1, 2), shape=(0, 0, self._size, self._size))
 
 class GQN(HybridBlock):
     """Representation network plus DRAW generator/inference cores.
@@ -304,10 +362,14 @@ class GQN(HybridBlock):
             self.inf_cores = nn.HybridSequential()
             inf_step = (3 if c.canvas_to_inference else 2) * c.hidden  # h_g, h_e (and the canvas read)
             for _ in range(cores):
-                self.gen_cores.add(ConvLSTM(c.latent + c.hidden, c.hidden, c.kernel))
+                self.gen_cores.add(ConvLSTM(c.latent + c.hidden + c.attention, c.hidden, c.kernel))
                 self.inf_cores.add(ConvLSTM(inf_step, c.hidden, c.kernel))
             self.prior = GaussianHead(c.hidden, c.latent, c.kernel)
             self.posterior = GaussianHead(c.hidden, c.latent, c.kernel)
+            if c.attention:
+                patch_size = self._size if c.representation == "tower" else 1
+                self.memory = PatchMemory(c.r_channels, c.attention, self._size, patch_size)
+                self.read = PatchRead(c.hidden, c.attention, self._size)
             # The canvas: u += write(h_g) each step (4x4 stride-4 transposed conv, Conv2DTranspose layout),
             # mean = eta(u_L) (1x1 conv), and the inference core's read(u_l) (4x4 stride-4 conv).
             self.write_weight = self.params.get("write_weight", shape=(c.hidden, c.hidden, SCALE, SCALE))
@@ -352,7 +414,8 @@ class GQN(HybridBlock):
     def hybrid_forward(self, F, context_frames, context_cameras, context_mask, query_camera, noise, *target,
                        **canvas):
         canvas = {name: F.identity(value) for name, value in canvas.items()}  # see the module docstring
-        r = self._represent(F, context_frames, context_cameras, context_mask)   # (B, R, h, w)
+        r, views = self._represent(F, context_frames, context_cameras, context_mask)  # (B, R, h, w), (B*K, ...)
+        memory = self.memory(views, context_mask) if self.config.attention else None
         query_map = _camera_map(F, query_camera, self._size)                    # (B, 7, h, w)
         const_g = self.gen_const(query_map, r)                                  # (B, cores*4C, h, w)
         const_e = None
@@ -361,19 +424,20 @@ class GQN(HybridBlock):
             const_e = self._per_step(F, self.inf_const(x_down, query_map, r))
         eps = F.split(noise, num_outputs=self.config.steps, axis=1, squeeze_axis=True) \
             if self.config.steps > 1 else [F.reshape(noise, shape=(0, -3, -2))]  # L x (B, Z, h, w)
-        canvas_sum, kls = self._draw(F, self._per_step(F, const_g), const_e, eps, canvas)
+        canvas_sum, kls = self._draw(F, self._per_step(F, const_g), const_e, eps, canvas, memory)
         mean = self._write_image(F, canvas_sum, canvas)                         # (B, 3, H, W)
         return mean if self._sample_prior else (mean, F.add_n(*kls))
 
     def _represent(self, F, context_frames, context_cameras, context_mask):
-        """Sum of the representations of the masked-in context views -> (B, R, h, w)."""
+        """Sum of the representations of the masked-in context views -> (B, R, h, w), and each view's own
+        representation (B*K, R, h', w')."""
         frames = F.reshape(context_frames, shape=(-3, -2))          # (B, K, 3, H, W) -> (B*K, 3, H, W)
         cameras = F.reshape(context_cameras, shape=(-3, -2))        # (B, K, 7) -> (B*K, 7)
-        r = self.representation(frames, cameras)                    # (B*K, R, h', w')
-        r = F.reshape_like(r, context_mask, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (B, K, R, h', w')
+        views = self.representation(frames, cameras)                # (B*K, R, h', w')
+        r = F.reshape_like(views, context_mask, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (B, K, R, h', w')
         mask = F.reshape(context_mask, shape=(0, 0, 1, 1, 1))       # (B, K) -> (B, K, 1, 1, 1)
         r = F.sum(F.broadcast_mul(r, mask), axis=1)                 # (B, R, h', w')
-        return F.broadcast_to(r, shape=(0, 0, self._size, self._size))  # (B, R, h' or 1, ...) -> (B, R, h, w)
+        return F.broadcast_to(r, shape=(0, 0, self._size, self._size)), views  # (B, R, h' or 1, ...) -> (B, R, h, w)
 
     def _per_step(self, F, const):
         """Constant gate input for each of the L steps: one tensor reused, or one slice per unshared core."""
@@ -381,8 +445,9 @@ class GQN(HybridBlock):
             return [const] * self.config.steps
         return F.split(const, num_outputs=self.config.steps, axis=1)  # L x (B, 4C, h, w)
 
-    def _draw(self, F, const_g, const_e, eps, canvas):
-        """The L DRAW steps -> (sum_l h_g^l (B, C, h, w), per-step KL list of (B,))."""
+    def _draw(self, F, const_g, const_e, eps, canvas, memory=None):
+        """The L DRAW steps -> (sum_l h_g^l (B, C, h, w), per-step KL list of (B,)); with a PatchMemory's output
+        each step's generator input also holds h_g's attention read of it."""
         c, shared, mixed = self.config, self.config.shared_cores, self._mixed
         zeros = F.zeros_like(F.slice_axis(const_g[0], axis=1, begin=0, end=c.hidden))  # (B, C, h, w)
         h_g = c_g = h_e = c_e = zeros
@@ -398,7 +463,8 @@ class GQN(HybridBlock):
                 kls.append(gaussian_kl(F, mu_q, sigma_q, mu, sigma))
                 mu, sigma = mu_q, sigma_q
             z = mu + sigma * eps[step]                              # (B, Z, h, w)
-            h_g, c_g = self.gen_cores[0 if shared else step](const_g[step], _concat(F, z, h_g, mixed=mixed), c_g)
+            step_input = [z, h_g] + ([self.read(h_g, *memory)] if memory is not None else [])
+            h_g, c_g = self.gen_cores[0 if shared else step](const_g[step], _concat(F, *step_input, mixed=mixed), c_g)
             canvas_sum = h_g if canvas_sum is None else canvas_sum + h_g
         return canvas_sum, kls
 

@@ -54,8 +54,8 @@ def test_output_shapes(representation, shared):
     mean, kl = model(*inputs)
     assert mean.shape == (3, 3, 32, 32) and kl.shape == (3,)
     assert 0 < mean.min().asscalar() and mean.max().asscalar() < 1 and kl.min().asscalar() >= 0
-    r = model._represent(nd, *inputs[:3])
-    assert r.shape == (3, 32, 8, 8)
+    r, views = model._represent(nd, *inputs[:3])
+    assert r.shape == (3, 32, 8, 8) and views.shape[:2] == (3 * 3, 32)
     assert model.generator()(*inputs[:5]).shape == (3, 3, 32, 32)
 
 
@@ -63,7 +63,9 @@ def test_output_shapes(representation, shared):
     core.ModelConfig(representation="tower", shared_cores=True, **SMALL),
     core.ModelConfig(representation="pool", shared_cores=False, **SMALL),
     core.ModelConfig(representation="pyramid", shared_cores=True, canvas_to_inference=False, **SMALL),
-], ids=["tower-shared", "pool-unshared", "pyramid-no-canvas-read"])
+    core.ModelConfig(representation="tower", shared_cores=True, attention=8, **SMALL),
+    core.ModelConfig(representation="pool", shared_cores=False, attention=8, **SMALL),
+], ids=["tower-shared", "pool-unshared", "pyramid-no-canvas-read", "tower-attention", "pool-unshared-attention"])
 def test_hybridized_gradients_equal_imperative(config):
     inputs = make_inputs(config)
     model = make_model(config)
@@ -96,8 +98,9 @@ def test_restructured_model_equals_straightforward(shared, canvas_read):
     np.testing.assert_allclose(kl.asnumpy(), ref_kl.asnumpy(), rtol=1e-4, atol=1e-3)
 
 
-def test_context_padding_is_ignored():
-    config = core.ModelConfig(**SMALL)
+@pytest.mark.parametrize("attention", [0, 8])
+def test_context_padding_is_ignored(attention):
+    config = core.ModelConfig(attention=attention, **SMALL)
     model = make_model(config)
     inputs = make_inputs(config)
     mean, _ = model(*inputs)
@@ -106,6 +109,33 @@ def test_context_padding_is_ignored():
     cameras[:, 2] = 5.0
     mean2, _ = model(frames, cameras, *inputs[2:])
     np.testing.assert_allclose(mean2.asnumpy(), mean.asnumpy(), rtol=1e-6)
+
+
+def numpy_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_attention_read_matches_numpy():
+    """PatchMemory + PatchRead against softmax(q.k / sqrt(A)) v written out in numpy over the unmasked patches."""
+    config = core.ModelConfig(attention=8, **SMALL)
+    model = make_model(config)
+    for p in (model.memory.key_place, model.memory.query_place):  # random, so that a misplaced embedding shows
+        p.set_data(nd.random.normal(shape=p.shape))
+    frames, cameras, mask = make_inputs(config, batch=2, views=3)[:3]
+    h = nd.random.normal(shape=(2, config.hidden, 8, 8))
+    _, views = model._represent(nd, frames, cameras, mask)
+    read = model.read(h, *model.memory(views, mask)).asnumpy()               # (B, A, h, w)
+    m = model.memory
+    keys = (m.key(views) + m.key_place.data()).asnumpy().reshape(2, 3, 8, 64)  # (B, K, A, P)
+    values = m.value(views).asnumpy().reshape(2, 3, 8, 64)
+    queries = (model.read.query(h) + m.query_place.data()).asnumpy().reshape(2, 8, 64)  # (B, A, h*w)
+    for b in range(2):
+        seen = mask.asnumpy()[b] > 0
+        k = keys[b, seen].transpose(1, 0, 2).reshape(8, -1)                   # (A, K'*P)
+        v = values[b, seen].transpose(1, 0, 2).reshape(8, -1)
+        expected = v @ numpy_softmax(queries[b].T @ k / math.sqrt(8)).T      # (A, h*w)
+        np.testing.assert_allclose(read[b].reshape(8, 64), expected, rtol=1e-4, atol=1e-5)
 
 
 def numpy_nll(target, mean, sigma):

@@ -28,14 +28,17 @@ METRICS |= {"gain_%s_over_%s" % (region, baseline) for region in ("objects", "ba
             for baseline in ("nearest_view", "mean_context")}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
+def dry_run(root, *flags):
     cmd = [sys.executable, os.path.join(ROOT, "train_gqn.py"), "--dry-run", "--data-dir", str(root / "data"),
-           "--run-dir", str(root / "run")]
+           "--run-dir", str(root / "run")] + list(flags)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return dry_run(tmp_path_factory.mktemp("eval"))
 
 
 def evaluate(run, out, *flags):
@@ -171,6 +174,17 @@ def test_render_errors_name_the_bad_value(run, tmp_path, flags, message):
 
 
 def test_exported_renderer_matches_the_model(run, tmp_path):
+    check_export(run, tmp_path)
+
+
+def test_exported_renderer_with_attention_matches_the_model(tmp_path):
+    """--attention adds the patch memory and reads to the graph; the export must carry them, for any B and K."""
+    run = dry_run(tmp_path, "--attention", "4")
+    assert json.loads((run / "config.json").read_text())["model"]["attention"] == 4
+    check_export(run, tmp_path / "export")
+
+
+def check_export(run, tmp_path):
     export_gqn.main([str(run), "--out-dir", str(tmp_path)])
     predictor = Predictor(str(tmp_path))
     model, _ = load_model(str(run), mx.cpu(), core.GQN.from_config)
