@@ -8,7 +8,9 @@ The first --context views of scene --scene are the context. The ring: --views ca
 (36: 10 degrees apart) on a horizontal circle about the vertical axis through the origin, starting at the first
 context camera; its radius, height and pitch are the means over the scene's own cameras, and each ring camera
 keeps the scene's mean yaw relative to looking at the axis (the circular mean), so it looks where the scene's
-cameras look. The grid has one row per held-out view: context | prediction | ground truth. Every view is
+cameras look. For a synthetic family each GIF frame shows the prediction beside the truth, drawn by the
+renderer that made the scene; converted DeepMind data has no renderer, so its GIF shows the prediction alone.
+The grid has one row per held-out view: context | prediction | ground truth. Every view is
 rendered with the same noise, drawn from --seed, so the animation does not flicker and a seed repeats exactly.
 A synthetic family's split is rendered on first use, the same scenes train_gqn.py writes.
 """
@@ -22,7 +24,7 @@ import mxnet as mx
 import numpy as np
 
 import core
-from gqn import cli, images, scene_format
+from gqn import cli, images, scene_format, synthetic
 from gqn.datasets import SPLITS
 from gqn.loader import SceneDataset, decode_frames, transform_cameras
 from gqn.runs import ensure_dataset, load_model, run_dataset_root, saved_config
@@ -50,7 +52,8 @@ def ring_cameras(cameras, views, start):
 
 
 def load_scene(state, args):
-    """(frames uint8 (S, H, W, 3), raw cameras (S, 5), where from) of scene --scene of the chosen split."""
+    """(frames uint8 (S, H, W, 3), raw cameras (S, 5), where from, the split's manifest source) of scene --scene
+    of the chosen split."""
     root = run_dataset_root(state, args.dataset, args.data_dir)
     split_dir = os.path.join(root, args.split)
     config = saved_config(state)
@@ -64,7 +67,8 @@ def load_scene(state, args):
         if not 0 <= args.scene < len(scenes):
             raise SystemExit("render_gqn.py: --scene %d: valid 0..%d in %s" % (args.scene, len(scenes) - 1, split_dir))
         jpegs, cameras = scenes[args.scene]
-        return decode_frames(jpegs), cameras, "%s scene %d" % (split_dir, args.scene)
+        source = scene_format.read_manifest(split_dir)["source"] or {}
+        return decode_frames(jpegs), cameras, "%s scene %d" % (split_dir, args.scene), source
     except scene_format.DataError as error:  # names the shard and record that do not check out
         raise SystemExit("render_gqn.py: %s" % error)
 
@@ -82,6 +86,17 @@ def render_views(renderer, frames, cameras, query_cameras, noise, ctx):
                   np.broadcast_to(noise, (count,) + noise.shape)]                # (Q', L, Z, h, w)
         out.append(renderer(*(mx.nd.array(a, ctx=ctx) for a in inputs)).asnumpy())
     return np.concatenate(out)
+
+
+def beside_truth(frames, source, split, scene, ring):
+    """GIF frames uint8 (V, H, W, 3) -> each with the synthetic scene's true view from its ring camera beside it,
+    under a legend (V, HEADER + H + 2 PAD, 2 W + 3 PAD, 3); frames unchanged for data without a renderer."""
+    if source.get("kind") != "synthetic":
+        return frames
+    truth = synthetic.render_from(source["family"], source["seed"], split, scene, ring, source["image_size"])
+    pairs = [images.tile_rows(np.stack([frame, true])[None]) for frame, true in zip(frames, truth)]
+    return np.stack([images.with_header(pair, [("prediction", 1), ("truth", 1)], frames.shape[2])
+                     for pair in pairs])
 
 
 def parse_args(argv=None):
@@ -127,10 +142,10 @@ def main(argv=None):
         model, state = load_model(checkpoint_path(args), ctx, core.GQN.from_config)
     except FileNotFoundError as error:
         raise SystemExit("render_gqn.py: %s" % error)
-    frames, cameras, source = load_scene(state, args)
+    frames, cameras, where, source = load_scene(state, args)
     if frames.shape[1] != model.config.image_size:
         raise SystemExit("render_gqn.py: %s has %dpx frames; the model renders %dpx"
-                         % (source, frames.shape[1], model.config.image_size))
+                         % (where, frames.shape[1], model.config.image_size))
     if not 1 <= args.context <= len(frames) - 1:
         raise SystemExit("render_gqn.py: --context %d: valid 1..%d (%d views per scene)"
                          % (args.context, len(frames) - 1, len(frames)))
@@ -146,10 +161,11 @@ def main(argv=None):
     grid = images.with_header(grid, [("context", args.context), ("prediction", 1), ("truth", 1)], views.shape[-1])
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, "%s-%s-%d" % (args.dataset or state["config"]["dataset"], args.split, args.scene))
-    images.save_gif(images.to_uint8(fly_around), stem + "-ring.gif")
+    fly_around = beside_truth(images.to_uint8(fly_around), source, args.split, args.scene, ring)
+    images.save_gif(fly_around, stem + "-ring.gif")
     images.save_png(grid, stem + "-views.png")
     print("%s, %d context views, step %d of %s: wrote %s-ring.gif (%d frames) and %s-views.png (%d held-out views)"
-          % (source, args.context, state["step"], state["directory"], stem, args.views, stem, count))
+          % (where, args.context, state["step"], state["directory"], stem, args.views, stem, count))
 
 
 if __name__ == "__main__":

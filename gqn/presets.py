@@ -10,7 +10,7 @@ PRESETS = {
                      hidden=48, r_channels=64, kernel=3, sigma_initial=2.0, sigma_final=2.0, sigma_steps=500,
                      lr_initial=1e-3, lr_final=2.5e-4, lr_steps=5000, lr_warmup_steps=250, lr_cooldown_steps=14600,
                      lr_cooldown_final=2.5e-5, max_steps=30000, minutes=0.0, val_scenes=128, val_every=500,
-                     log_every=25, checkpoint_every=250, train_scenes=20000),
+                     log_every=25, checkpoint_every=250, train_scenes=20000, attention=32),
     "dry-run": dict(dataset="rooms_ring", image_size=16, batch_size=4, max_context=3, steps=2, latent=4, hidden=8,
                     r_channels=8, max_steps=4, val_scenes=4, val_every=2, log_every=1, checkpoint_every=2,
                     train_scenes=40, workers=0),

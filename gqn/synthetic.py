@@ -140,6 +140,13 @@ def render_scene_with_masks(family, seed, split, index, image_size=64):
     return [encode_jpeg(image) for image in images], cameras, on_object
 
 
+def render_from(family, seed, split, index, cameras, image_size):
+    """Images (V, size, size, 3) uint8 of scene `index` of a split from other raw cameras (V, 5): what a model
+    asked for those cameras should draw (the ground truth beside render_gqn.py's fly-around)."""
+    scene, _, fov = make_scene(family, seed, split, index)
+    return render.render(scene, np.asarray(cameras, np.float32), image_size, fov)
+
+
 def render_scene(family, seed, split, index, image_size=64):
     """(frames: list of JPEG bytes, cameras (S, 5) float32) of scene `index` of a split."""
     return render_scene_with_masks(family, seed, split, index, image_size)[:2]

@@ -36,6 +36,18 @@ def test_rooms_ring_cameras_lie_on_a_ring_and_look_inwards():
     assert np.all((cameras[:, 4] < 0) & (cameras[:, 4] > -0.5))
 
 
+def test_the_scene_redrawn_from_its_own_cameras_is_the_split_s_frames(tmp_path):
+    """render_from draws render_gqn.py's truth beside the fly-around: from the scene's cameras, the stored views."""
+    synthetic.write_split(str(tmp_path), "rooms_ring", "test", 3, image_size=16, seed=5)
+    scenes = loader.SceneDataset(str(tmp_path), "test")
+    stored = [loader.decode_frames(scenes[i][0]) for i in range(3)]                     # 3 x (S, H, W, 3)
+    for index in range(3):
+        drawn = synthetic.render_from("rooms_ring", 5, "test", index, scenes[index][1], 16)
+        as_stored = loader.decode_frames([synthetic.encode_jpeg(image) for image in drawn])
+        np.testing.assert_array_equal(as_stored, stored[index])
+        assert not np.array_equal(as_stored, stored[(index + 1) % 3])
+
+
 def test_jpeg_colours_are_rgb():
     rng = np.random.default_rng(0)
     scene, cameras = synthetic.rooms_ring_scene(rng, 2)

@@ -13,10 +13,12 @@ import core
 import evaluate_gqn
 import export_gqn
 import render_gqn
-from gqn.images import HEADER
-from gqn.loader import make_loader
+from gqn import synthetic
+from gqn.images import HEADER, PAD
+from gqn.loader import SceneDataset, make_loader
 from gqn.predictor import Predictor
 from gqn.runs import load_model, run_dataset_root
+from gqn.scene_format import read_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, VIEWS, K = 16, 10, 3  # the dry-run preset: 16px frames, 10 views per scene, max_context 3
@@ -134,7 +136,7 @@ def render(run, out, *flags):
 
 def test_render_writes_a_ring_gif_and_a_grid_of_held_out_views(run, tmp_path):
     gif, grid = render(run, tmp_path, "--scene", 1)
-    assert gif.n_frames == 36 and gif.size == (SIZE, SIZE)
+    assert gif.n_frames == 36 and gif.size == (2 * SIZE + 3 * PAD, HEADER + SIZE + 2 * PAD)  # prediction | truth
     durations = []
     for frame in range(gif.n_frames):
         gif.seek(frame)
@@ -144,6 +146,21 @@ def test_render_writes_a_ring_gif_and_a_grid_of_held_out_views(run, tmp_path):
     assert grid.shape == (HEADER + held_out * (SIZE + 2) + 2, (3 + 1 + 1) * (SIZE + 2) + 2, 3)
     gif, grid = render(run, tmp_path, "--scene", 1, "--views", 8, "--context", 5)
     assert gif.n_frames == 8 and grid.shape == (HEADER + (VIEWS - 5) * (SIZE + 2) + 2, (5 + 2) * (SIZE + 2) + 2, 3)
+
+
+def test_render_puts_the_true_view_from_each_ring_camera_beside_the_prediction(run, tmp_path):
+    gif, _ = render(run, tmp_path, "--scene", 1, "--views", 4)
+    root = run_dataset_root(load_model(str(run), mx.cpu(), core.GQN.from_config)[1])
+    _, cameras = SceneDataset(root, "test")[1]
+    seed = read_manifest(os.path.join(root, "test"))["source"]["seed"]
+    ring = render_gqn.ring_cameras(cameras, 4, float(np.arctan2(cameras[0, 1], cameras[0, 0])))
+    truth = synthetic.render_from("rooms_ring", seed, "test", 1, ring, SIZE).astype(np.int64)   # (4, H, W, 3)
+    top, left = HEADER + PAD, 2 * PAD + SIZE
+    for frame in range(4):
+        gif.seek(frame)
+        tile = np.asarray(gif.convert("RGB"))[top:top + SIZE, left:left + SIZE].astype(np.int64)
+        assert np.abs(tile - truth[frame]).mean() < 4  # the GIF's 256-colour palette rounds a little
+        assert np.abs(tile - truth[(frame + 2) % 4]).mean() > 4 * np.abs(tile - truth[frame]).mean()
 
 
 def test_render_is_fixed_per_seed_and_renders_a_missing_synthetic_split_on_first_use(run, tmp_path):
