@@ -31,7 +31,7 @@ parameter read by several non-convolution ops gets a wrong gradient with grad_re
 """
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from mxnet import nd
 from mxnet.gluon import HybridBlock, nn
@@ -390,7 +390,13 @@ class GQN(HybridBlock):
 
     @classmethod
     def from_config(cls, values, **kwargs):
-        """A model from a ModelConfig's dict (as a checkpoint's state.json stores it)."""
+        """A model from a ModelConfig's dict (as a checkpoint's state.json stores it); ValueError naming the settings
+        this version does not know (a checkpoint made by a newer one)."""
+        known = {f.name for f in fields(ModelConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError("model settings %s are unknown to this version of core.py; it knows %s"
+                             % (", ".join(unknown), ", ".join(sorted(known))))
         return cls(ModelConfig(**values), **kwargs)
 
     def noise_shape(self, batch_size):

@@ -230,7 +230,7 @@ def main(argv=None):
     ctx = cli.contexts(args.devices)[0]
     try:
         model, state = load_model(args.run, ctx, core.GQN.from_config)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # ValueError: model settings unknown here
         raise SystemExit("evaluate_gqn.py: %s" % error)
     root = resolve_settings(args, state)
     split_masks = load_split_masks(root, args.split)

@@ -69,7 +69,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         model, state = load_model(args.run, mx.cpu(), core.GQN.from_config)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # ValueError: model settings unknown here
         raise SystemExit("export_gqn.py: %s" % error)
     spec = export(model, state, args.out_dir)
     print("exported the renderer of %s (step %d, %s) to %s: %s, %s, %s"

@@ -140,7 +140,7 @@ def main(argv=None):
     ctx = cli.contexts(args.devices)[0]
     try:
         model, state = load_model(checkpoint_path(args), ctx, core.GQN.from_config)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # ValueError: model settings unknown here
         raise SystemExit("render_gqn.py: %s" % error)
     frames, cameras, where, source = load_scene(state, args)
     if frames.shape[1] != model.config.image_size:

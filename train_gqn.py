@@ -160,6 +160,10 @@ def resume_config(args, config, model_values, argv):
         raise SystemExit("train_gqn.py: --resume %s: no checkpoint there (expected %s/checkpoint/state.json)"
                          % (args.resume, args.resume))
     state = checkpoint.load_state(found)
+    unknown = sorted(set(state["model"]) - {f.name for f in dataclasses.fields(core.ModelConfig)})
+    if unknown:
+        raise SystemExit("train_gqn.py: --resume %s: %s has model settings %s that this version does not know"
+                         % (args.resume, os.path.join(found, checkpoint.STATE), ", ".join(unknown)))
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = TrainConfig(**{name: value for name, value in saved_config(state).items() if name in known})
     given = {token.split("=", 1)[0] for token in (argv if argv is not None else sys.argv[1:])}

@@ -108,10 +108,14 @@ def new_run_dir(log_dir, dataset, suffix=""):
 def load_model(path, ctx, build):
     """(model with the checkpoint's parameters, hybridized with its prior twin; the checkpoint's state dict plus
     its `directory`) of a run directory or checkpoint folder. `build` makes the model from the state's model dict
-    (core.GQN.from_config). FileNotFoundError naming where it looked."""
+    (core.GQN.from_config). FileNotFoundError naming where it looked; ValueError naming the state.json whose model
+    settings `build` rejects."""
     directory = checkpoint.resolve_checkpoint(path)
     state = checkpoint.load_state(directory)
-    model = build(state["model"])
+    try:
+        model = build(state["model"])
+    except ValueError as error:
+        raise ValueError("%s: %s" % (os.path.join(directory, checkpoint.STATE), error))
     # cast_dtype: a shipped checkpoint may store float16 parameters to halve its size; the model runs in float32
     model.load_parameters(os.path.join(directory, checkpoint.PARAMS), ctx=ctx, cast_dtype=True)
     model.hybridize(static_alloc=True, static_shape=True)

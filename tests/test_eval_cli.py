@@ -1,6 +1,7 @@
 """evaluate_gqn.py, render_gqn.py and export_gqn.py on a dry-run checkpoint: JSON, determinism, GIF, grid, export."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -115,6 +116,23 @@ def test_evaluation_rejects_an_unknown_split(run, tmp_path, capsys):
 def test_evaluation_of_a_missing_checkpoint_says_where_it_looked(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint at .*state.json"):
         evaluate(tmp_path, tmp_path / "x.json")
+
+
+def test_a_checkpoint_from_a_newer_version_stops_each_tool_in_one_line_naming_the_setting(run, tmp_path):
+    import train_gqn
+    newer = tmp_path / "newer"
+    shutil.copytree(run, newer)
+    state = json.loads((newer / "checkpoint" / "state.json").read_text())
+    state["model"]["eta_kernel"] = 3  # a setting this version of core.py does not have
+    (newer / "checkpoint" / "state.json").write_text(json.dumps(state))
+    for main, flags in ((evaluate_gqn.main, ["--json", tmp_path / "x.json"]),
+                        (render_gqn.main, ["--out-dir", tmp_path / "render"]),
+                        (export_gqn.main, ["--out-dir", tmp_path / "export"])):
+        with pytest.raises(SystemExit, match=r"state.json: model settings eta_kernel are unknown to this version"):
+            main([str(newer)] + [str(f) for f in flags])
+    with pytest.raises(SystemExit, match=r"state.json has model settings eta_kernel that this version does not know"):
+        train_gqn.main(["--resume", str(newer)])
+    assert sorted(os.listdir(tmp_path)) == ["newer"]
 
 
 def test_a_checkpoint_with_float16_parameters_loads_as_float32(run, tmp_path):
