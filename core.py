@@ -276,6 +276,11 @@ class ModelConfig:
     def to_dict(self):
         return asdict(self)
 
+    @classmethod
+    def unknown(cls, values):
+        """The names in a settings dict that are no field of this version (sorted): a newer version's checkpoint."""
+        return sorted(set(values) - {f.name for f in fields(cls)})
+
 
 class PatchMemory(HybridBlock):
     """What the generator's attention reads (`attention` A > 0; the paper's model has none): every context view's
@@ -392,11 +397,10 @@ class GQN(HybridBlock):
     def from_config(cls, values, **kwargs):
         """A model from a ModelConfig's dict (as a checkpoint's state.json stores it); ValueError naming the settings
         this version does not know (a checkpoint made by a newer one)."""
-        known = {f.name for f in fields(ModelConfig)}
-        unknown = sorted(set(values) - known)
+        unknown = ModelConfig.unknown(values)
         if unknown:
             raise ValueError("model settings %s are unknown to this version of core.py; it knows %s"
-                             % (", ".join(unknown), ", ".join(sorted(known))))
+                             % (", ".join(unknown), ", ".join(f.name for f in fields(ModelConfig))))
         return cls(ModelConfig(**values), **kwargs)
 
     def noise_shape(self, batch_size):

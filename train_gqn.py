@@ -160,7 +160,7 @@ def resume_config(args, config, model_values, argv):
         raise SystemExit("train_gqn.py: --resume %s: no checkpoint there (expected %s/checkpoint/state.json)"
                          % (args.resume, args.resume))
     state = checkpoint.load_state(found)
-    unknown = sorted(set(state["model"]) - {f.name for f in dataclasses.fields(core.ModelConfig)})
+    unknown = core.ModelConfig.unknown(state["model"])
     if unknown:
         raise SystemExit("train_gqn.py: --resume %s: %s has model settings %s that this version does not know"
                          % (args.resume, os.path.join(found, checkpoint.STATE), ", ".join(unknown)))
