@@ -3,7 +3,7 @@
 Shapes: B batch, K = max_context context slots, S views per scene, H = W frame size.
 A batch has k real context views (k drawn per batch from 1..max_context, or fixed), placed first
 in the K slots; the other slots are zeros with context_mask 0, so every batch has the same shape
-and a hybridized model never rebuilds its graph. The query view is never among the context views.
+(training trims the slots no scene uses: trim_context). The query view is never among the context views.
 Batches are a pure function of (seed, epoch): the batch sampler draws scene order, k and a view
 seed per scene, and the decoding threads decode only the k + 1 views they need.
 Bad data raises scene_format.DataError naming the file and record: at open time for the manifest and the
@@ -33,6 +33,22 @@ class Batch(namedtuple("Batch", ["context_frames", "context_cameras", "context_m
 
     def as_in_context(self, ctx):
         return Batch(*(a.as_in_context(ctx) if isinstance(a, mx.nd.NDArray) else to_nd(a, ctx) for a in self))
+
+
+def trim_context(batch):
+    """The Batch without the context slots that are padding in every scene: (B, K, ...) -> (B, k, ...), k the most
+    real views of any scene (at least 1; real views come first). The model's output is the same (padding adds zeros
+    to r and gets no attention), but its representation network runs on B*k views instead of B*K: with k drawn
+    from 1..5 per training batch, a fifth of the cpu-demo step's work (bench/bench_step.py --context). A
+    hybridized model re-plans its memory when k changes, which costs little next to a step."""
+    mask = batch.context_mask
+    mask = mask.asnumpy() if isinstance(mask, mx.nd.NDArray) else np.asarray(mask)  # (B, K)
+    real = np.flatnonzero(mask.any(axis=0))
+    k = int(real[-1]) + 1 if real.size else 1
+    if k == mask.shape[1]:
+        return batch
+    return batch._replace(context_frames=batch.context_frames[:, :k], context_cameras=batch.context_cameras[:, :k],
+                          context_mask=batch.context_mask[:, :k])
 
 
 def to_nd(array, ctx=mx.cpu()):

@@ -11,7 +11,7 @@ from mxnet import autograd, gluon
 
 from gqn import amp, images, masks
 from gqn.baselines import baseline_mse
-from gqn.loader import make_loader
+from gqn.loader import make_loader, trim_context
 from gqn.metrics import region_metrics
 
 
@@ -77,7 +77,7 @@ def train_step(model, trainer, batch, ctxs, sigma, batch_size, micro_batch=0):
     (grad_req 'add', set by accumulate_gradients) to those of one pass: the same update, with the activation
     memory of one pass. The noise is drawn for the whole share first, so it does not depend on micro_batch.
     """
-    parts = split_batch(batch, ctxs)
+    parts = split_batch(trim_context(batch), ctxs)  # the Tower skips the slots no scene uses
     # The whole batch's noise, split like the batch, so the update does not depend on the number of devices.
     noise = mx.nd.random.normal(shape=model.noise_shape(batch.target.shape[0]), ctx=ctxs[0])
     noises = gluon.utils.split_and_load(noise, ctxs, even_split=True)

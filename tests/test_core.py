@@ -111,6 +111,28 @@ def test_context_padding_is_ignored(attention):
     np.testing.assert_allclose(mean2.asnumpy(), mean.asnumpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("attention", [0, 8])
+def test_a_hybridized_model_trained_on_trimmed_context_slots_gets_the_padded_batch_s_loss_and_gradients(attention):
+    """train_step drops the context slots no scene uses (loader.trim_context), so the cached graph changes shape
+    from step to step: each shape must give the padded batch's numbers, also after switching back."""
+    from gqn.loader import Batch, trim_context
+    config = core.ModelConfig(attention=attention, **SMALL)
+    inputs = make_inputs(config, batch=3, views=5)  # scenes with 1, 2 and 3 real views: two slots of padding
+    padded = Batch(*inputs[:4], inputs[5])
+    trimmed = trim_context(padded)
+    assert trimmed.context_frames.shape[1] == 3
+    model = make_model(config)
+    model.hybridize(static_alloc=True, static_shape=True)
+    runs = [loss_and_grads(model, list(batch[:4]) + [inputs[4], batch.target])
+            for batch in (padded, trimmed, padded, trimmed)]
+    for mean, kl, grads in runs[1:]:
+        np.testing.assert_allclose(mean, runs[0][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(kl, runs[0][1], rtol=1e-5, atol=1e-5)
+        for name, grad in runs[0][2].items():
+            err = np.linalg.norm(grads[name] - grad) / (np.linalg.norm(grad) or 1.0)
+            assert err < 1e-5, "%s: gradient with trimmed slots differs by %.2e (relative L2)" % (name, err)
+
+
 def numpy_softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)

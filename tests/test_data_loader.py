@@ -131,3 +131,24 @@ def test_batches_share_their_numpy_memory_on_the_cpu():
         np.testing.assert_array_equal(other.asnumpy(), expected)
         assert expected.flags.writeable  # copied, not shared
     assert loader.to_nd(expected.astype(np.float64)).dtype == np.float64
+
+
+def test_trim_context_keeps_every_real_view_and_drops_only_slots_no_scene_uses(root):
+    import mxnet as mx
+    scenes = loader.SceneDataset(root, "train")
+    decoded = [(loader.decode_frames(scenes[i][0]), scenes[i][1]) for i in range(3)]
+    batch = loader.build_batch(decoded, 2, K, np.random.default_rng(0))
+    mask = batch.context_mask.copy()
+    mask[1, 2] = 1  # one scene with a third view: the batch keeps three slots
+    batch = batch._replace(context_mask=mask)
+    for form in (batch, batch.as_in_context(mx.cpu())):
+        trimmed = loader.trim_context(form)
+        got = [np.asarray(a.asnumpy() if isinstance(a, mx.nd.NDArray) else a) for a in trimmed]
+        assert got[0].shape == (3, 3, 3, 32, 32) and got[1].shape == (3, 3, 7) and got[2].shape == (3, 3)
+        np.testing.assert_array_equal(got[0], batch.context_frames[:, :3])
+        np.testing.assert_array_equal(got[2], mask[:, :3])
+        np.testing.assert_array_equal(got[4], batch.target)  # the query is untouched
+    full = batch._replace(context_mask=np.ones_like(mask))
+    assert loader.trim_context(full) is full
+    empty = loader.trim_context(batch._replace(context_mask=np.zeros_like(mask)))
+    assert empty.context_frames.shape[1] == 1  # the model needs one slot, even when it is padding
