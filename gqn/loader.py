@@ -39,7 +39,7 @@ def trim_context(batch):
     """The Batch without the context slots that are padding in every scene: (B, K, ...) -> (B, k, ...), k the most
     real views of any scene (at least 1; real views come first). The model's output is the same (padding adds zeros
     to r and gets no attention), but its representation network runs on B*k views instead of B*K: with k drawn
-    from 1..5 per training batch, a fifth of the cpu-demo step's work (bench/bench_step.py --context). A
+    from 1..5 per training batch, cpu-demo's training loop runs ~1.14x the samples/s (README, Speed). A
     hybridized model re-plans its memory when k changes, which costs little next to a step."""
     mask = batch.context_mask
     mask = mask.asnumpy() if isinstance(mask, mx.nd.NDArray) else np.asarray(mask)  # (B, K)
