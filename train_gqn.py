@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import core
 from gqn import amp, checkpoint, cli, files, locks, scene_format, training
+from gqn.average import ParameterAverage
 from gqn.datasets import ALL_DATASETS, SPLITS, dataset_root, max_context
 from gqn.loop import Progress, Stop
 from gqn.plots import plot_curves
@@ -61,6 +62,8 @@ class TrainConfig:
                                     "its value there to --lr-cooldown-final; 0 = none", low=0)
     lr_cooldown_final: float = arg(0.0, "learning rate at --max-steps after a cool-down", low=0)
     max_steps: int = arg(2000000, "length of training in steps", low=1)
+    average_steps: int = arg(0, "keep a moving average of the parameters over about this many steps, which "
+                                "validation and the tools use (gqn/average.py); 0 = none, as in the paper", low=0)
     minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes; 0 = no limit", low=0)
     val_scenes: int = arg(72, "held-out scenes scored at each validation (at most the test split's)", low=1)
     val_every: int = arg(5000, "validate every this many steps", low=1)
@@ -195,6 +198,7 @@ class Run:
     val_masks: list           # the object masks of their query views (None: the data has none)
     log: RunLog
     last_good: int = None     # step of the last checkpoint saved
+    average: ParameterAverage = None  # the parameters' moving average (--average-steps), or None
 
 
 def save(run, step):
@@ -206,7 +210,7 @@ def save(run, step):
                  "max_context": run.k, "time": time.time()}
         directory = os.path.join(run.dir, "checkpoint")
         try:
-            checkpoint.save_checkpoint(directory, run.model, run.trainer, state)
+            checkpoint.save_checkpoint(directory, run.model, run.trainer, state, run.average)
         except (OSError, mx.base.MXNetError) as error:
             reason = error.strerror if isinstance(error, OSError) else str(error).strip().splitlines()[-1]
             raise WriteFailed("cannot write the checkpoint of step %d to %s (%s)" % (step, directory, reason))
@@ -231,6 +235,8 @@ def train(run, step, stop):
         terms = training.train_step(run.model, run.trainer, next(batches), run.ctxs, sigma, config.batch_size,
                                     config.micro_batch)
         step += 1
+        if run.average is not None:
+            run.average.update(step)
         progress.queued(terms)
         if step % config.log_every == 0:
             values = training.mean_terms(terms)
@@ -255,8 +261,9 @@ def train(run, step, stop):
 
 
 def run_validation(run, step, sigma):
-    metrics, grid = training.validate(run.model, run.val, sigma, seed=run.config.seed + 777,
-                                      query_masks=run.val_masks)
+    with run.average.swapped_in() if run.average is not None else contextlib.nullcontext():  # what the tools use
+        metrics, grid = training.validate(run.model, run.val, sigma, seed=run.config.seed + 777,
+                                          query_masks=run.val_masks)
     run.log.scalars("val", metrics, step)
     run.log.grid(grid, step)
     tqdm.write("step %d  validation: %s" % (step, "  ".join("%s %.4g" % kv for kv in metrics.items())))
@@ -361,6 +368,9 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
     model, trainer = build(config, model_config, ctxs, kv)
     found = checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint")) if args.resume else None
     step = checkpoint.load_checkpoint(found, model, trainer, ctxs)["step"] if found else 0
+    average = ParameterAverage(model, config.average_steps) if config.average_steps else None
+    if average is not None and found:
+        checkpoint.load_average(found, average, ctxs)
     try:
         if rank == 0:
             with writing(os.path.join(run_dir, "config.json")) as path:
@@ -379,7 +389,7 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
     except ValueError as error:
         raise SystemExit("train_gqn.py: %s" % error)
     run = Run(config, model, trainer, ctxs, root, k, rank, run_dir, last_good=step if found else None,
-              val=val, val_masks=val_masks, log=log)
+              val=val, val_masks=val_masks, log=log, average=average)
     if rank == 0:
         from gqn.board import write_layout  # late, as RunLog's events: mxboard's protos clash with tensorboard's
         write_layout(log.events)

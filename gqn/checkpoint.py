@@ -9,11 +9,12 @@ import tempfile
 from gqn.files import fsync_path
 
 PARAMS, TRAINER, STATE = "model.params", "trainer.states", "state.json"
+AVERAGE = "average.params"  # the parameters' moving average (gqn/average.py), when the run keeps one
 TEMP_PREFIX = ".checkpoint-"
 
 
-def save_checkpoint(directory, model, trainer, state):
-    """Write `directory` (e.g. RUN/checkpoint) as a whole or not at all.
+def save_checkpoint(directory, model, trainer, state, average=None):
+    """Write `directory` (e.g. RUN/checkpoint) as a whole or not at all, with `average` (a ParameterAverage) if given.
 
     The files go to a sibling temporary folder and are synced; then `directory` becomes `directory.old`, the
     temporary folder becomes `directory`, and `.old` is removed. A cut anywhere leaves `directory` (complete, as
@@ -25,9 +26,11 @@ def save_checkpoint(directory, model, trainer, state):
     try:
         model.save_parameters(os.path.join(tmp, PARAMS))
         trainer.save_states(os.path.join(tmp, TRAINER))
+        if average is not None:
+            average.save(os.path.join(tmp, AVERAGE))
         with open(os.path.join(tmp, STATE), "w") as f:
             json.dump(state, f, indent=1, sort_keys=True)
-        for name in (PARAMS, TRAINER, STATE):
+        for name in os.listdir(tmp):
             fsync_path(os.path.join(tmp, name))
         fsync_path(tmp)
     except BaseException:
@@ -83,3 +86,16 @@ def load_checkpoint(directory, model, trainer, ctx):
     if trainer is not None:
         trainer.load_states(os.path.join(directory, TRAINER))
     return load_state(directory)
+
+
+def load_average(directory, average, ctx):
+    """Continue the checkpoint's parameter average in `average`; one it does not hold starts from its parameters."""
+    path = os.path.join(directory, AVERAGE)
+    if os.path.exists(path):
+        average.load(path, ctx)
+
+
+def served_parameters(directory):
+    """The parameter file the tools use: the average when the run kept one, else the weights."""
+    average = os.path.join(directory, AVERAGE)
+    return average if os.path.exists(average) else os.path.join(directory, PARAMS)

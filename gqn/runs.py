@@ -117,7 +117,7 @@ def load_model(path, ctx, build):
     except ValueError as error:
         raise ValueError("%s: %s" % (os.path.join(directory, checkpoint.STATE), error))
     # cast_dtype: a shipped checkpoint may store float16 parameters to halve its size; the model runs in float32
-    model.load_parameters(os.path.join(directory, checkpoint.PARAMS), ctx=ctx, cast_dtype=True)
+    model.load_parameters(checkpoint.served_parameters(directory), ctx=ctx, cast_dtype=True)
     model.hybridize(static_alloc=True, static_shape=True)
     model.generator().hybridize(static_alloc=True, static_shape=True)
     return model, dict(state, directory=directory)

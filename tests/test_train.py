@@ -171,6 +171,53 @@ def test_training_on_two_devices_checkpoints_and_resumes(data_dir, tmp_path):
     assert json.loads((tmp_path / "half/config.json").read_text())["config"]["devices"] == "cpu:0,cpu:1"
 
 
+def test_an_averaged_run_resumes_to_the_same_average_and_the_tools_load_it(data_dir, tmp_path):
+    """--average-steps: the checkpoint holds the average beside the weights; a run stopped at step 10 and resumed
+    ends with the average an uninterrupted run has; evaluate/render/export (runs.load_model) load the average."""
+    import core
+    from gqn import runs
+    common = ["--data-dir", data_dir, "--checkpoint-every", 10, "--val-every", 100, "--average-steps", 4]
+    whole = train(*common, "--run-dir", tmp_path / "whole", "--max-steps", 30)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    half = train(*common, "--run-dir", tmp_path / "half", "--max-steps", 10)
+    assert half.returncode == 0, half.stderr[-2000:]
+    resumed = train("--resume", tmp_path / "half", "--max-steps", 30)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (params_of(tmp_path / run / "checkpoint/average.params") for run in ("whole", "half"))
+    weights = params_of(tmp_path / "whole/checkpoint/model.params")
+    assert a.keys() == b.keys() == weights.keys()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert any(np.abs(a[name] - weights[name]).max() > 1e-6 for name in a)  # the average is not the weights
+    model, _ = runs.load_model(str(tmp_path / "whole"), mx.cpu(), core.GQN.from_config)
+    loaded = model._collect_params_with_prefix()
+    for name in a:
+        np.testing.assert_array_equal(loaded[name].data().asnumpy(), a[name], err_msg=name)
+
+
+def test_the_parameter_average_is_the_exponential_average_of_the_weights_every_ten_steps():
+    from gqn.average import EVERY, ParameterAverage
+    model, _ = tiny_model_and_batch()
+    params = model.collect_params()
+    average = ParameterAverage(model, steps=20)
+    decay = (1 - 1 / 20) ** EVERY
+    expected = {name: p.data().asnumpy() for name, p in params.items()}
+    rng = np.random.default_rng(1)
+    for step in range(1, 31):
+        for param in params.values():
+            param.set_data(mx.nd.array(rng.normal(size=param.shape)))
+        average.update(step)
+        if step % EVERY == 0:
+            expected = {name: decay * value + (1 - decay) * params[name].data().asnumpy()
+                        for name, value in expected.items()}
+    own = {name: p.data().asnumpy() for name, p in params.items()}
+    with average.swapped_in():
+        for name, param in params.items():
+            np.testing.assert_allclose(param.data().asnumpy(), expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for name, param in params.items():
+        np.testing.assert_array_equal(param.data().asnumpy(), own[name], err_msg=name)
+
+
 def tiny_model_and_batch():
     """A small random GQN at 16px and a batch of 6 random scenes with 2 context views."""
     import core
