@@ -33,8 +33,8 @@ from gqn import cpu
 cpu.setup()
 import mxnet as mx
 from mxnet import gluon
-import core, train_gqn
-from gqn import amp
+import core
+from gqn import amp, training
 from gqn.loader import Batch
 p = json.loads(%(preset)r)
 if %(bf16)r:
@@ -51,12 +51,12 @@ nd = mx.nd
 batch = Batch(nd.random.uniform(shape=(B, K, 3, S, S)), nd.random.normal(shape=(B, K, 7)), nd.ones((B, K)),
               nd.random.normal(shape=(B, 7)), nd.random.uniform(shape=(B, 3, S, S)))
 for _ in range(2):
-    train_gqn.train_step(model, trainer, batch, [mx.cpu()], 2.0, B)
+    training.train_step(model, trainer, batch, [mx.cpu()], 2.0, B)
     nd.waitall()
 sys.stdout.flush()
 print("@@@ START", flush=True)
 start = time.perf_counter()
-train_gqn.train_step(model, trainer, batch, [mx.cpu()], 2.0, B)
+training.train_step(model, trainer, batch, [mx.cpu()], 2.0, B)
 nd.waitall()
 print("@@@ WALL %%f" %% (time.perf_counter() - start), flush=True)
 """
