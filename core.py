@@ -38,6 +38,7 @@ from mxnet.gluon import HybridBlock, nn
 
 CAMERA_DIMS = 7  # x, y, z, sin yaw, cos yaw, sin pitch, cos pitch
 SCALE = 4        # image pixels per state pixel along each axis
+BLOCK = 16       # CatConv pads its concat to a multiple of this: oneDNN blocks fp32 by 8 (AVX2) or 16 channels
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -60,6 +61,13 @@ def _concat(F, *parts, mixed=False):
     return F.reshape(F.concat(*parts, dim=1), shape=(0, 0, 0, -3))         # (N, sum C_i, H, W, 1) -> 4-D
 
 
+def _act(F, x, kind, mixed=False):
+    """relu, sigmoid or tanh of x, by the Activation operator: oneDNN runs it vectorised, where F.relu, F.sigmoid and
+    F.tanh are MXNet's scalar loops (tanh alone took 6% of a cpu-demo training step, bench/op_kernels.py). Under
+    mixed precision (`mixed`) the named operators, whose precision MXNet's AMP lists set (sigmoid in fp32)."""
+    return getattr(F, kind)(x) if mixed else F.Activation(x, act_type=kind)
+
+
 class CatConv(HybridBlock):
     """A convolution of the channel concat of its inputs: (N, C_i, H, W)... -> (N, O, H', W'); parameters as Conv2D.
 
@@ -67,7 +75,9 @@ class CatConv(HybridBlock):
     are multiples of 16 plus one of the others (the 7 camera channels), each with its slice of the one weight:
     oneDNN's blocked bf16 kernels need channels in multiples of 16, and a single convolution of concat(r, camera)
     fell back to its slow im2col + gemm kernel (`x64:gemm:jit`). In fp32 it is the one convolution of the concat,
-    as Conv2D computes it.
+    as Conv2D computes it, over the concat padded with zero channels to a multiple of BLOCK: oneDNN runs it on a
+    blocked kernel there, where the Tower's concat(r, camera), 71 channels, ran on `x64:gemm:jit` 1.4-2x slower
+    (bench/op_kernels.py). The weight is padded with zeros to match; the parameter keeps its shape.
     """
 
     def __init__(self, in_channels, channels, kernel, use_bias=True, mixed=False, **kwargs):
@@ -85,6 +95,11 @@ class CatConv(HybridBlock):
 
     def hybrid_forward(self, F, *parts, weight, bias=None):
         if not self._mixed:
+            pad = -sum(self._parts) % BLOCK
+            if pad:  # zeros shaped like the first pad channels of the widest part, and of the weight
+                widest = parts[self._parts.index(max(self._parts))]
+                parts += (F.zeros_like(F.slice_axis(widest, axis=1, begin=0, end=pad)),)
+                weight = _concat(F, weight, F.zeros_like(F.slice_axis(weight, axis=1, begin=0, end=pad)))
             return self._conv(F, _concat(F, *parts), weight, bias)
         begins = [sum(self._parts[:i]) for i in range(len(self._parts))]
         slices = [F.slice_axis(weight, axis=1, begin=b, end=b + c) for b, c in zip(begins, self._parts)]
@@ -125,13 +140,14 @@ class Tower(HybridBlock):
             self.conv6 = _conv(r_channels, r_channels, 1)
 
     def hybrid_forward(self, F, x, camera):
-        x = F.relu(self.conv1(x))                               # (N, R, H/2, W/2)
-        skip = F.relu(self.skip1(x))                            # (N, R, h, w)
-        x = F.relu(self.conv3(F.relu(self.conv2(x)))) + skip    # (N, R, h, w)
+        m = self._mixed
+        x = _act(F, self.conv1(x), "relu", m)                   # (N, R, H/2, W/2)
+        skip = _act(F, self.skip1(x), "relu", m)                # (N, R, h, w)
+        x = _act(F, self.conv3(_act(F, self.conv2(x), "relu", m)), "relu", m) + skip  # (N, R, h, w)
         camera = _camera_map(F, camera, self._size)            # (N, 7, h, w)
-        skip = F.relu(self.skip2(x, camera))                    # a conv of concat(x, camera): (N, R+7, h, w)
-        x = F.relu(self.conv5(F.relu(self.conv4(x, camera)))) + skip    # (N, R, h, w)
-        return F.relu(self.conv6(x))
+        skip = _act(F, self.skip2(x, camera), "relu", m)        # a conv of concat(x, camera): (N, R+7, h, w)
+        x = _act(F, self.conv5(_act(F, self.conv4(x, camera), "relu", m)), "relu", m) + skip  # (N, R, h, w)
+        return _act(F, self.conv6(x), "relu", m)
 
 
 class Pool(HybridBlock):
@@ -173,16 +189,18 @@ REPRESENTATIONS = {"tower": Tower, "pool": Pool, "pyramid": Pyramid}
 class ConvLSTM(HybridBlock):
     """A ConvLSTM cell; its caller passes the gates' constant part, convolved once for all L steps."""
 
-    def __init__(self, step_channels, hidden, kernel, **kwargs):
+    def __init__(self, step_channels, hidden, kernel, mixed=False, **kwargs):
         super().__init__(**kwargs)
+        self._mixed = mixed
         with self.name_scope():
             self.step_conv = _conv(step_channels, 4 * hidden, kernel)
 
     def hybrid_forward(self, F, const_gates, step_input, cell):
         gates = const_gates + self.step_conv(step_input)        # (B, 4C, h, w)
         i, f, o, g = F.split(gates, num_outputs=4, axis=1)      # 4 x (B, C, h, w)
-        cell = F.sigmoid(f) * cell + F.sigmoid(i) * F.tanh(g)
-        hidden = F.sigmoid(o) * F.tanh(cell)
+        m = self._mixed
+        cell = _act(F, f, "sigmoid", m) * cell + _act(F, i, "sigmoid", m) * _act(F, g, "tanh", m)
+        hidden = _act(F, o, "sigmoid", m) * _act(F, cell, "tanh", m)
         return hidden, cell
 
 
@@ -367,8 +385,8 @@ class GQN(HybridBlock):
             self.inf_cores = nn.HybridSequential()
             inf_step = (3 if c.canvas_to_inference else 2) * c.hidden  # h_g, h_e (and the canvas read)
             for _ in range(cores):
-                self.gen_cores.add(ConvLSTM(c.latent + c.hidden + c.attention, c.hidden, c.kernel))
-                self.inf_cores.add(ConvLSTM(inf_step, c.hidden, c.kernel))
+                self.gen_cores.add(ConvLSTM(c.latent + c.hidden + c.attention, c.hidden, c.kernel, mixed_precision))
+                self.inf_cores.add(ConvLSTM(inf_step, c.hidden, c.kernel, mixed_precision))
             self.prior = GaussianHead(c.hidden, c.latent, c.kernel)
             self.posterior = GaussianHead(c.hidden, c.latent, c.kernel)
             if c.attention:
@@ -495,4 +513,4 @@ class GQN(HybridBlock):
         bias = self.config.steps * F.dot(canvas["eta_weight"], canvas["write_bias"]) + canvas["eta_bias"]  # (3,)
         patches = F.Convolution(canvas_sum, weight, F.tile(bias, reps=(SCALE * SCALE,)), kernel=(1, 1),
                                 num_filter=3 * SCALE * SCALE)                  # (B, 16*3, h, w)
-        return F.sigmoid(F.depth_to_space(patches, SCALE))                     # (B, 3, H, W)
+        return _act(F, F.depth_to_space(patches, SCALE), "sigmoid", self._mixed)  # (B, 3, H, W)
