@@ -29,13 +29,13 @@ import core  # noqa: E402
 import flops  # noqa: E402
 
 CONV = {"Convolution", "_backward_Convolution"}
-# The ConvLSTM cells' elementwise work: gate split, sigmoid/tanh, products and sums of the cell update, the
-# input concat (with core._concat's expand_dims/reshape), and their backward passes (a few of these ops also
-# serve the KL, the loss and the tower).
-GATES = {"sigmoid", "tanh", "_backward_sigmoid", "_backward_tanh", "elemwise_mul", "elemwise_add",
-         "_backward_mul", "_backward_add", "_grad_add", "SliceChannel", "_backward_SliceChannel", "Concat",
-         "_backward_Concat", "ElementWiseSum", "add_n", "expand_dims", "_backward_expand_dims", "Reshape",
-         "_backward_reshape", "_backward_copy"}
+# The ConvLSTM cells' elementwise work: gate split, sigmoid/tanh (Activation, core._act; the named ops under
+# AMP), products and sums of the cell update, the input concat (with core._concat's expand_dims/reshape), and
+# their backward passes (a few of these ops also serve the KL, the loss and the tower: its relu is Activation too).
+GATES = {"Activation", "_backward_Activation", "sigmoid", "tanh", "_backward_sigmoid", "_backward_tanh",
+         "elemwise_mul", "elemwise_add", "_backward_mul", "_backward_add", "_grad_add", "SliceChannel",
+         "_backward_SliceChannel", "Concat", "_backward_Concat", "ElementWiseSum", "add_n", "expand_dims",
+         "_backward_expand_dims", "Reshape", "_backward_reshape", "_backward_copy"}
 
 
 def train_steps(model, trainer, config, batch, context, steps):
