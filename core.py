@@ -96,7 +96,7 @@ class CatConv(HybridBlock):
     def hybrid_forward(self, F, *parts, weight, bias=None):
         if not self._mixed:
             pad = -sum(self._parts) % BLOCK
-            if pad:  # zeros shaped like the first pad channels of the widest part, and of the weight
+            if 0 < pad <= max(self._parts):  # zeros shaped like the first pad channels of the widest part, and weight
                 widest = parts[self._parts.index(max(self._parts))]
                 parts += (F.zeros_like(F.slice_axis(widest, axis=1, begin=0, end=pad)),)
                 weight = _concat(F, weight, F.zeros_like(F.slice_axis(weight, axis=1, begin=0, end=pad)))

@@ -244,7 +244,7 @@ def test_latent_heads_start_at_zero_so_the_kl_starts_at_zero():
     assert model(*inputs)[1].asnumpy().min() > 1.0
 
 
-@pytest.mark.parametrize("channels", [(16, 7), (7, 64), (48, 7, 64), (16, 16)])
+@pytest.mark.parametrize("channels", [(16, 7), (7, 64), (48, 7, 64), (16, 16), (7, 1)])
 def test_cat_conv_in_fp32_is_the_conv2d_of_the_concat(channels):
     # outside AMP, CatConv is Conv2D of the concat, padded with zero channels to a multiple of core.BLOCK (its
     # blocked oneDNN kernel sums in another order: equal to rounding); the inputs' gradients are the concat's split
