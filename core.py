@@ -63,7 +63,7 @@ def _concat(F, *parts, mixed=False):
 
 def _act(F, x, kind, mixed=False):
     """relu, sigmoid or tanh of x, by the Activation operator: oneDNN runs it vectorised, where F.relu, F.sigmoid and
-    F.tanh are MXNet's scalar loops (tanh alone took 6% of a cpu-demo training step, bench/op_kernels.py). Under
+    F.tanh are MXNet's scalar loops (tanh ~3x slower on a gate map: bench/op_kernels.py times both ways). Under
     mixed precision (`mixed`) the named operators, whose precision MXNet's AMP lists set (sigmoid in fp32)."""
     return getattr(F, kind)(x) if mixed else F.Activation(x, act_type=kind)
 
