@@ -46,6 +46,8 @@ class TrainConfig:
                        sorted(ALL_DATASETS))
     data_dir: str = arg("datasets", "data root holding datasets as DATA_DIR/NAME/{train,test} (stored absolute)")
     max_context: int = arg(0, "most context views per scene; 0 = views per scene - 1 (the paper)", low=0)
+    min_context: int = arg(1, "fewest context views of a training batch: each batch draws its k from "
+                              "MIN..--max-context (validation draws from 1..--max-context)", low=1)
     batch_size: int = arg(36, "scenes per step, over all devices (paper: 36)", low=1)
     amp: bool = arg(None, "mixed precision (gqn/amp.py): bf16 on CPU (needs a CPU with bf16 kernels: AVX-512), "
                           "fp16 with dynamic loss scaling on GPU; neither --amp nor --no-amp = whichever is faster "
@@ -225,7 +227,7 @@ def train(run, step, stop):
                           config.max_steps, config.lr_cooldown_steps, config.lr_cooldown_final)
     deadline = time.time() + 60 * config.minutes if config.minutes > 0 else float("inf")
     batches = training.training_batches(run.root, config.batch_size, run.k, config.seed + run.rank, config.workers,
-                                        step)
+                                        step, config.min_context)
     progress = Progress(step, config.max_steps, deadline, run.rank == 0)
     tick, tick_step, terms, validated = time.time(), step, None, None
     while step < config.max_steps and not stop and time.time() < deadline:
@@ -364,6 +366,9 @@ def start(args, config, model_values, run_dir, kv, rank, num_workers):
         k = max_context(config.max_context, manifest["views_per_scene"], config.dataset)
     except ValueError as error:
         raise SystemExit("train_gqn.py: %s" % error)
+    if config.min_context > k:
+        raise SystemExit("train_gqn.py: --min-context %d: valid 1..%d (the most context views, --max-context)"
+                         % (config.min_context, k))
     model_config = core.ModelConfig(**dict(model_values, image_size=manifest["frame_size"]))
     model, trainer = build(config, model_config, ctxs, kv)
     found = checkpoint.find_checkpoint(os.path.join(run_dir, "checkpoint")) if args.resume else None

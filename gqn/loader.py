@@ -182,17 +182,19 @@ class QueryDataset(gluon.data.Dataset):
 
 
 class ContextBatchSampler(gluon.data.Sampler):
-    """Yields batches of (scene index, k, view seed) keys, one k per batch, drawn from (seed, epoch).
+    """Yields batches of (scene index, k, view seed) keys, one k per batch (min_context..max_context, or fixed_k),
+    drawn from (seed, epoch).
 
     Each pass over the sampler is one epoch and advances `epoch`, so a resumed run that passes the
     epoch it stopped at sees the batches it would have seen.
     """
 
     def __init__(self, num_scenes, batch_size, max_context, shuffle=True, seed=0, fixed_k=None,
-                 last_batch="discard", epoch=0, skip_batches=0):
+                 last_batch="discard", epoch=0, skip_batches=0, min_context=1):
         if last_batch not in ("keep", "discard"):
             raise ValueError("last_batch=%r; valid: 'keep', 'discard'" % (last_batch,))
         self.num_scenes, self.batch_size, self.max_context = num_scenes, batch_size, max_context
+        self.min_context = min_context
         self.shuffle, self.seed, self.fixed_k = shuffle, seed, fixed_k
         self.last_batch, self.epoch, self.skip_batches = last_batch, epoch, skip_batches
 
@@ -208,7 +210,7 @@ class ContextBatchSampler(gluon.data.Sampler):
         order = rng.permutation(self.num_scenes) if self.shuffle else np.arange(self.num_scenes)
         for number, start in enumerate(range(0, len(self) * self.batch_size, self.batch_size)):
             scenes = order[start:start + self.batch_size]
-            k = self.fixed_k or int(rng.integers(1, self.max_context + 1))
+            k = self.fixed_k or int(rng.integers(self.min_context, self.max_context + 1))
             view_seeds = rng.integers(0, 2 ** 63, len(scenes))
             if number >= skip:
                 yield [(int(i), k, int(s)) for i, s in zip(scenes, view_seeds)]
@@ -257,11 +259,11 @@ def _check_range(name, value, low, high):
 
 
 def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=0, seed=0,
-                fixed_k=None, epoch=0, last_batch="discard", skip_batches=0):
+                fixed_k=None, epoch=0, last_batch="discard", skip_batches=0, min_context=1):
     """A Loader of mx.nd Batches over root/split (see the module docstring for the sampling).
 
-    max_context: K, at most S - 1; fixed_k: use exactly this many real context views (1..K)
-    instead of drawing k per batch; epoch: the first epoch's number (for resuming);
+    max_context: K, at most S - 1; min_context: the fewest real context views a batch draws (1..K); fixed_k: use
+    exactly this many (1..K) instead of drawing k per batch; epoch: the first epoch's number (for resuming);
     last_batch: 'discard' keeps every batch the same size, 'keep' yields the remainder too;
     skip_batches: leave out the first batches of the first epoch (a resumed run), drawing the same keys.
     num_workers: decoding threads (0: decode in the caller). Threads, not processes: JPEG decoding releases the
@@ -271,8 +273,9 @@ def make_loader(root, split, batch_size, max_context, shuffle=True, num_workers=
     views = scenes.manifest["views_per_scene"]
     _check_range("max_context", max_context, 1, views - 1)
     _check_range("batch_size", batch_size, 1, max(len(scenes), 1))
+    _check_range("min_context", min_context, 1, max_context)
     if fixed_k is not None:
         _check_range("fixed_k", fixed_k, 1, max_context)
     sampler = ContextBatchSampler(len(scenes), batch_size, max_context, shuffle, seed, fixed_k,
-                                  last_batch, epoch, skip_batches)
+                                  last_batch, epoch, skip_batches, min_context)
     return Loader(QueryDataset(scenes, max_context), sampler, num_workers)

@@ -20,13 +20,14 @@ def noise_seed(seed, rank, step):
     return (seed * 1000003 + rank * 100003 + step) % (2 ** 31)
 
 
-def training_batches(root, batch_size, k, seed, workers, start_step):
-    """Endless training batches from step `start_step` on, the same ones an uninterrupted run would see."""
+def training_batches(root, batch_size, k, seed, workers, start_step, min_k=1):
+    """Endless training batches from step `start_step` on, the same ones an uninterrupted run would see; each
+    batch has min_k..k context views."""
     per_epoch = len(make_loader(root, "train", batch_size, k, seed=seed))
     epoch, skip = divmod(start_step, per_epoch)
     while True:
         loader = make_loader(root, "train", batch_size, k, num_workers=workers, seed=seed, epoch=epoch,
-                             skip_batches=skip)
+                             skip_batches=skip, min_context=min_k)
         for batch in loader:
             yield batch
         epoch, skip = epoch + 1, 0

@@ -77,6 +77,14 @@ def test_batches_are_reproducible_for_seed_and_epoch(root):
     assert not np.array_equal(epochs[0][0][4], _epoch(other)[0][4])
 
 
+def test_min_context_bounds_every_drawn_k(root):
+    data = loader.make_loader(root, "train", 2, K, seed=3, min_context=3)
+    ks = [int(batch[2][0].sum()) for _ in range(10) for batch in _epoch(data)]  # 10 epochs of 5 batches
+    assert set(ks) == {3, 4, 5}  # each of the three values, nothing under 3
+    with pytest.raises(ValueError, match=r"min_context=6; valid: an integer in 1..5"):
+        loader.make_loader(root, "train", B, K, min_context=6)
+
+
 def test_fixed_k_keep_last_batch_and_bad_arguments(root):
     data = loader.make_loader(root, "train", B, K, shuffle=False, fixed_k=2, last_batch="keep")
     batches = _epoch(data)

@@ -324,6 +324,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     (["--shared-cores", "maybe"], "unrecognized arguments: maybe"),
     (["--dataset", "rooms_ring_camera"], "dataset 'rooms_ring_camera' not found"),
     (["--max-context", 12], "--max-context 12: valid 1..9"),
+    (["--min-context", 4], "--min-context 4: valid 1..3 (the most context views, --max-context)"),
     (["--resume", "/nonexistent/run"], "no checkpoint there"),
     (["--sigma-final", 0], "argument --sigma-final: 0: valid above 0"),
     (["--lr-warmup-steps", 5, "--lr-steps", 5], "--lr-warmup-steps 5: valid 0..4"),
