@@ -1,7 +1,7 @@
 """Train a GQN: annealed pixel sigma and learning rate, TensorBoard logs, validation grids, checkpoints and resume.
 
 Examples:
-  python train_gqn.py --preset cpu-demo --run-dir runs/demo      (synthetic rooms, 10 minutes on a CPU)
+  python train_gqn.py --preset cpu-demo --run-dir runs/demo      (synthetic rooms, 3,000 steps: ~10 minutes on 2 cores)
   python train_gqn.py --dataset shepard_metzler_7_parts --data-dir /data/gqn --devices gpu:0,gpu:1
   python train_gqn.py --dataset rooms_ring --image-size 64 --train-scenes 2000   (renders DATA_DIR/rooms_ring-64px-2000)
   python train_gqn.py --resume runs/demo --max-steps 5000

@@ -3,8 +3,8 @@
 PRESETS = {
     "cpu-demo": dict(dataset="rooms_ring", image_size=32, batch_size=16, max_context=5, min_context=3, steps=4,
                      latent=16, hidden=48, r_channels=64, kernel=3, sigma_initial=2.0, sigma_final=2.0, sigma_steps=500,
-                     lr_initial=1e-3, lr_final=2.5e-4, lr_steps=2000, lr_warmup_steps=250, max_steps=100000,
-                     minutes=10.0, val_scenes=64, val_every=250, log_every=25, checkpoint_every=250,
+                     lr_initial=1e-3, lr_final=2.5e-4, lr_steps=2000, lr_warmup_steps=250, max_steps=3000,
+                     minutes=0.0, val_scenes=64, val_every=250, log_every=25, checkpoint_every=250,
                      train_scenes=2000, average_steps=100),
     "cpu-long": dict(dataset="rooms_ring", image_size=32, batch_size=16, max_context=5, steps=4, latent=16,
                      hidden=48, r_channels=64, kernel=3, sigma_initial=2.0, sigma_final=2.0, sigma_steps=500,
