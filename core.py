@@ -284,12 +284,25 @@ class ModelConfig:
     query_down_channels: int = option(48, "channels of the 4x4 stride-4 view of x_q (48 = 3*4*4, lossless)", low=1)
     attention: int = option(0, "A, channels of the generator's attention over the context views' patches (0 = off, "
                                "the paper's model)", low=0)
+    ray_depths: int = option(0, "D: the generator also reads, at D depths along each state pixel's ray, the mean and "
+                                "spread of what the context views show there (0 = off, the paper's model)", low=0)
+    ray_channels: int = option(16, "channels of each view's map that the ray_depths volume samples", low=1)
+    field_of_view: float = option(50.0, "every camera's field of view in degrees, across and down (ray_depths)",
+                                  above=0.0)
+    ray_near: float = option(0.5, "nearest of the D depths along the query camera's axis, in world units", above=0.0)
+    ray_far: float = option(7.0, "farthest of the D depths, in world units (ray_depths)", above=0.0)
 
     def __post_init__(self):
         if self.representation not in REPRESENTATIONS:
             raise ValueError("representation %r: choose one of %s" % (self.representation, sorted(REPRESENTATIONS)))
         if self.image_size % SCALE:
             raise ValueError("image_size %d: must be a multiple of %d" % (self.image_size, SCALE))
+        if self.ray_depths and self.representation != "tower":
+            raise ValueError("ray_depths %d: needs the tower representation, whose maps keep each view's layout "
+                             "(representation %r)" % (self.ray_depths, self.representation))
+        if self.ray_depths and not self.ray_near < self.ray_far:
+            raise ValueError("ray_near %g, ray_far %g: the nearest depth must be below the farthest"
+                             % (self.ray_near, self.ray_far))
 
     def to_dict(self):
         return asdict(self)
@@ -356,6 +369,104 @@ class PatchRead(HybridBlock):
         read = F.batch_dot(F.softmax(logits, axis=-1), values)                            # (B, h*w, A)
         return F.reshape(F.swapaxes(read, 1, 2), shape=(0, 0, self._size, self._size))
 
+def _camera_axes(F, camera):
+    """Cameras (..., 7) -> origin, forward, right and down unit vectors, each (..., 3), as gqn/render.py casts
+    rays: yaw turns about z from +x, pitch raises the view, image columns run right and rows down."""
+    part = [F.slice_axis(camera, axis=-1, begin=i, end=i + 1) for i in range(3, CAMERA_DIMS)]  # (..., 1) each
+    sin_yaw, cos_yaw, sin_pitch, cos_pitch = part
+    origin = F.slice_axis(camera, axis=-1, begin=0, end=3)
+    forward = F.concat(cos_pitch * cos_yaw, cos_pitch * sin_yaw, sin_pitch, dim=-1)
+    right = F.concat(sin_yaw, -cos_yaw, F.zeros_like(sin_yaw), dim=-1)
+    down = F.concat(cos_yaw * sin_pitch, sin_yaw * sin_pitch, -cos_pitch, dim=-1)  # -(right x forward)
+    return origin, forward, right, down
+
+
+class RayVolume(HybridBlock):
+    """What the context views show along each query ray (`ray_depths` D > 0; the paper's model has none): a plane
+    sweep. Each state pixel of the query view casts its ray; at D depths along it (planes of constant depth from
+    the query camera, evenly spaced in inverse depth between ray_near and ray_far) the point is projected into every
+    context view that sees it, and a 1x1 map of that view's representation is sampled there (bilinear). Where the
+    ray meets a surface the views agree, so the mean and the spread over views at each depth say both what is there
+    and how far; the generator reads them with r, where the Tower's sum over views has to learn that geometry.
+
+    (B*K, R, h, w) per-view maps, cameras (B, K, 7), mask (B, K), query camera (B, 7) -> (B, (2E+1)*D, h, w):
+    the mean and the variance of the E sampled channels over the views that see each point, and the share of the
+    context views that see it, each at the D depths.
+    """
+
+    def __init__(self, r_channels, channels, size, depths, fov_degrees, near, far, **kwargs):
+        super().__init__(**kwargs)
+        self._size, self._channels, self._depths = size, channels, depths
+        self._tan = math.tan(math.radians(fov_degrees) / 2)
+        self._near, self._far = near, far
+        with self.name_scope():
+            self.map = _conv(r_channels, channels, 1)
+
+    @staticmethod
+    def out_channels(channels, depths):
+        return depths * (2 * channels + 1)
+
+    def _points(self, F, query_camera):
+        """World points (B, 1, 3, D, h*w) at the D depths of each query state pixel's ray."""
+        n, d = self._size, self._depths
+        origin, forward, right, down = (F.reshape(a, shape=(0, 3, 1, 1)) for a in _camera_axes(F, query_camera))
+        grid = (2 * (F.arange(0, n) + 0.5) / n - 1) * self._tan                     # (n,): pixel centres
+        across, along = F.reshape(grid, shape=(1, 1, 1, n)), F.reshape(grid, shape=(1, 1, n, 1))
+        rays = F.broadcast_add(F.broadcast_add(forward, F.broadcast_mul(right, across)),
+                               F.broadcast_mul(down, along))                         # (B, 3, h, w), depth 1
+        rays = F.reshape(rays, shape=(0, 1, 3, 1, -1))                               # (B, 1, 3, 1, h*w)
+        steps = F.arange(0, d) / max(d - 1, 1)
+        depths = 1.0 / (1.0 / self._near + steps * (1.0 / self._far - 1.0 / self._near))  # (D,)
+        depths = F.reshape(depths, shape=(1, 1, 1, d, 1))
+        return F.broadcast_add(F.reshape(origin, shape=(0, 1, 3, 1, 1)), F.broadcast_mul(rays, depths))
+
+    def _project(self, F, points, context_cameras, mask):
+        """Points (B, 1, 3, P) seen from each context camera (B, K, 7), P = D*h*w -> the bilinear weights of the
+        view's pixels (B*K, P, h*w) and whether the view sees the point (B, K, P), 0 or 1."""
+        n = self._size
+        origin, forward, right, down = _camera_axes(F, context_cameras)              # (B, K, 3) each
+        offset = F.broadcast_sub(points, F.expand_dims(origin, axis=3))               # (B, K, 3, P)
+        axes = F.stack(forward, right, down, axis=2)                                   # (B, K, 3 axes, 3)
+        # sums over small axes as batch_dots: MXNet's sum over a middle axis is a slow scalar loop here
+        local = F.batch_dot(F.reshape(axes, shape=(-3, 0, 0)), F.reshape(offset, shape=(-3, 0, 0)))
+        local = F.reshape_like(local, mask, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (B, K, 3, P)
+        depth, across, along = F.split(local, num_outputs=3, axis=2, squeeze_axis=True)  # (B, K, P) each
+        safe = F.maximum(depth, 1e-2) * self._tan
+        across, along = F.clip(across / safe, -2, 2), F.clip(along / safe, -2, 2)    # -1..1 inside the image
+        inside = (depth > 1e-2) * (F.abs(across) < 1) * (F.abs(along) < 1)
+        seen = F.broadcast_mul(inside, F.expand_dims(mask, axis=2))                   # (B, K, P)
+        # bilinear sampling as a matrix: the tent weights of each point on the n columns and n rows of pixels
+        pixels = F.reshape(F.arange(0, n), shape=(1, 1, n))
+
+        def tent(coord):  # (B, K, P) in -1..1 -> (B*K, P, n)
+            coord = F.reshape((coord + 1) * (n / 2.0) - 0.5, shape=(-3, 0, 1))
+            return F.relu(1 - F.abs(F.broadcast_sub(coord, pixels)))
+        weights = F.broadcast_mul(F.expand_dims(tent(along), axis=3), F.expand_dims(tent(across), axis=2))
+        return F.reshape(weights, shape=(0, 0, -3)), seen                              # (B*K, P, n*n)
+
+    def hybrid_forward(self, F, views, context_cameras, mask, query_camera):
+        points = F.reshape(self._points(F, query_camera), shape=(0, 0, 0, -1))       # (B, 1, 3, P), P = D*h*w
+        weights, seen = self._project(F, points, context_cameras, mask)
+        weights, seen = F.BlockGrad(weights), F.BlockGrad(seen)                      # geometry, not learned
+        maps = F.reshape(self.map(views), shape=(0, 0, -1))                          # (B*K, E, h*w)
+        samples = F.batch_dot(maps, weights, transpose_b=True)                      # (B*K, E, P)
+        samples = F.reshape_like(samples, mask, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)  # (B, K, E, P)
+        # per point, over the views that see it. Sums over K are (B, 1, K) x (B, K, ...) batch_dots, and the
+        # geometry's factors are expanded before they multiply: MXNet reduces over a middle or broadcast axis
+        # (a sum, or a broadcast op's backward) in a slow scalar loop
+        ones = F.ones_like(F.expand_dims(mask, axis=1))                              # (B, 1, K)
+        seen_by = F.batch_dot(ones, seen)                                            # (B, 1, P): views per point
+        share = F.broadcast_div(seen_by, F.reshape(F.sum(mask, axis=1), shape=(-1, 1, 1)))
+        both = F.BlockGrad(F.reshape(F.broadcast_like(F.expand_dims(seen, axis=2), samples), shape=(0, 0, -1)))
+        per_point = F.BlockGrad(F.broadcast_like(F.expand_dims(1 / F.maximum(seen_by, 1), axis=2), F.slice_axis(samples, axis=1, begin=0,
+                                                                                         end=1)))  # (B, 1, E, P)
+        samples = F.reshape(samples, shape=(0, 0, -1))                               # (B, K, E*P)
+        mean = F.reshape_like(F.batch_dot(ones, samples * both), per_point) * per_point
+        square = F.reshape_like(F.batch_dot(ones, F.square(samples) * both), per_point) * per_point
+        volume = F.concat(mean, square - F.square(mean), F.expand_dims(share, axis=1), dim=2)  # (B, 1, 2E+1, P)
+        return F.reshape(volume, shape=(0, -1, self._size, self._size))              # (B, (2E+1)*D, h, w)
+
+
 class GQN(HybridBlock):
     """Representation network plus DRAW generator/inference cores.
 
@@ -376,7 +487,8 @@ class GQN(HybridBlock):
         gates = 4 * c.hidden
         with self.name_scope():
             self.representation = REPRESENTATIONS[c.representation](c.r_channels, c.image_size, mixed_precision)
-            self.gen_const = CatConv((CAMERA_DIMS, c.r_channels), cores * gates, c.kernel, use_bias=False,
+            rays = (RayVolume.out_channels(c.ray_channels, c.ray_depths),) if c.ray_depths else ()
+            self.gen_const = CatConv((CAMERA_DIMS, c.r_channels) + rays, cores * gates, c.kernel, use_bias=False,
                                      mixed=mixed_precision)
             self.inf_const = CatConv((c.query_down_channels, CAMERA_DIMS, c.r_channels), cores * gates, c.kernel,
                                      use_bias=False, mixed=mixed_precision)
@@ -389,6 +501,9 @@ class GQN(HybridBlock):
                 self.inf_cores.add(ConvLSTM(inf_step, c.hidden, c.kernel, mixed_precision))
             self.prior = GaussianHead(c.hidden, c.latent, c.kernel)
             self.posterior = GaussianHead(c.hidden, c.latent, c.kernel)
+            if c.ray_depths:
+                self.rays = RayVolume(c.r_channels, c.ray_channels, self._size, c.ray_depths, c.field_of_view,
+                                      c.ray_near, c.ray_far)
             if c.attention:
                 patch_size = self._size if c.representation == "tower" else 1
                 self.memory = PatchMemory(c.r_channels, c.attention, self._size, patch_size)
@@ -445,7 +560,10 @@ class GQN(HybridBlock):
         r, views = self._represent(F, context_frames, context_cameras, context_mask)  # (B, R, h, w), (B*K, ...)
         memory = self.memory(views, context_mask) if self.config.attention else None
         query_map = _camera_map(F, query_camera, self._size)                    # (B, 7, h, w)
-        const_g = self.gen_const(query_map, r)                                  # (B, cores*4C, h, w)
+        if self.config.ray_depths:                                              # (B, D*(2E+1), h, w)
+            const_g = self.gen_const(query_map, r, self.rays(views, context_cameras, context_mask, query_camera))
+        else:
+            const_g = self.gen_const(query_map, r)                              # (B, cores*4C, h, w)
         const_e = None
         if not self._sample_prior:
             x_down = self.query_down(target[0])                                 # (B, 48, h, w)

@@ -65,7 +65,9 @@ def test_output_shapes(representation, shared):
     core.ModelConfig(representation="pyramid", shared_cores=True, canvas_to_inference=False, **SMALL),
     core.ModelConfig(representation="tower", shared_cores=True, attention=8, **SMALL),
     core.ModelConfig(representation="pool", shared_cores=False, attention=8, **SMALL),
-], ids=["tower-shared", "pool-unshared", "pyramid-no-canvas-read", "tower-attention", "pool-unshared-attention"])
+    core.ModelConfig(representation="tower", shared_cores=True, ray_depths=4, ray_channels=4, **SMALL),
+], ids=["tower-shared", "pool-unshared", "pyramid-no-canvas-read", "tower-attention", "pool-unshared-attention",
+        "tower-rays"])
 def test_hybridized_gradients_equal_imperative(config):
     inputs = make_inputs(config)
     model = make_model(config)
@@ -98,9 +100,10 @@ def test_restructured_model_equals_straightforward(shared, canvas_read):
     np.testing.assert_allclose(kl.asnumpy(), ref_kl.asnumpy(), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("attention", [0, 8])
-def test_context_padding_is_ignored(attention):
-    config = core.ModelConfig(attention=attention, **SMALL)
+@pytest.mark.parametrize("extra", [{}, dict(attention=8), dict(ray_depths=4, ray_channels=4)],
+                         ids=["plain", "attention", "rays"])
+def test_context_padding_is_ignored(extra):
+    config = core.ModelConfig(**extra, **SMALL)
     model = make_model(config)
     inputs = make_inputs(config)
     mean, _ = model(*inputs)
@@ -158,6 +161,81 @@ def test_attention_read_matches_numpy():
         v = values[b, seen].transpose(1, 0, 2).reshape(8, -1)
         expected = v @ numpy_softmax(queries[b].T @ k / math.sqrt(8)).T      # (A, h*w)
         np.testing.assert_allclose(read[b].reshape(8, 64), expected, rtol=1e-4, atol=1e-5)
+
+
+def ring_cameras(rng, count):
+    """DeepMind cameras (count, 5) on the synthetic rooms' ring, looking inwards and a little down."""
+    angles = rng.uniform(0, 2 * np.pi, count)
+    return np.stack([2.2 * np.cos(angles), 2.2 * np.sin(angles), np.full(count, 1.2), angles + np.pi
+                     + rng.uniform(-0.3, 0.3, count), rng.uniform(-0.45, -0.15, count)], 1).astype(np.float32)
+
+
+def numpy_bilinear(image, row, col):
+    """image (E, n, n) at fractional pixel (row, col), zero outside."""
+    n, total = image.shape[1], np.zeros(image.shape[0])
+    r0, c0 = int(np.floor(row)), int(np.floor(col))
+    for r, c in ((r0, c0), (r0 + 1, c0), (r0, c0 + 1), (r0 + 1, c0 + 1)):
+        if 0 <= r < n and 0 <= c < n:
+            total += (1 - abs(row - r)) * (1 - abs(col - c)) * image[:, r, c]
+    return total
+
+
+def test_ray_volume_matches_numpy():
+    """RayVolume against gqn/render.py's camera rays and a per-point loop: a query pixel's ray at each depth,
+    projected into every context view that sees it, the view's map sampled there, mean / variance / share."""
+    from gqn import render
+    from gqn.loader import transform_cameras
+    depths, channels, fov, near, far = 5, 3, 50.0, 0.5, 7.0
+    config = core.ModelConfig(ray_depths=depths, ray_channels=channels, field_of_view=fov, ray_near=near,
+                              ray_far=far, **SMALL)
+    model = make_model(config)
+    rng = np.random.default_rng(3)
+    raw = ring_cameras(rng, 2 * 4).reshape(2, 4, 5)                        # (B, 1 query + 3 context, 5)
+    cameras = nd.array(transform_cameras(raw))
+    frames = nd.array(rng.uniform(size=(2, 3, 3, 32, 32)).astype(np.float32))
+    mask = nd.array([[1, 1, 1], [1, 1, 0]])
+    _, views = model._represent(nd, frames, cameras[:, 1:], mask)
+    volume = model.rays(views, cameras[:, 1:], mask, cameras[:, 0]).asnumpy()  # (B, (2E+1)*D, h, w)
+    assert volume.shape == (2, (2 * channels + 1) * depths, 8, 8)
+    volume = volume.reshape(2, 2 * channels + 1, depths, 64)
+    maps = model.rays.map(views).asnumpy().reshape(2, 3, channels, 8, 8)
+    tan, n = math.tan(math.radians(fov / 2)), 8
+    planes = 1 / np.linspace(1 / near, 1 / far, depths)
+    seen_some = 0
+    for b in range(2):
+        origin, rays = render.camera_rays(raw[b, :1], n, fov)              # (h*w, 3) each
+        x, y, z, yaw, pitch = raw[b, 0]
+        forward_q = np.array([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)])
+        for d, depth in enumerate(planes):
+            for pixel in range(64):
+                point = origin[pixel] + depth * rays[pixel] / (rays[pixel] @ forward_q)
+                samples = []
+                for k in np.flatnonzero(mask.asnumpy()[b]):
+                    x, y, z, yaw, pitch = raw[b, 1 + k]
+                    forward = np.array([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)])
+                    right = np.array([np.sin(yaw), -np.cos(yaw), 0.0])
+                    down = -np.cross(right, forward)
+                    offset = point - raw[b, 1 + k, :3]
+                    u, v = offset @ right / (offset @ forward * tan), offset @ down / (offset @ forward * tan)
+                    if offset @ forward > 1e-2 and abs(u) < 1 and abs(v) < 1:
+                        samples.append(numpy_bilinear(maps[b, k], (v + 1) * n / 2 - 0.5, (u + 1) * n / 2 - 0.5))
+                got = volume[b, :, d, pixel]
+                if samples:
+                    samples = np.array(samples)
+                    seen_some += 1
+                    np.testing.assert_allclose(got[:channels], samples.mean(0), rtol=1e-3, atol=1e-4)
+                    np.testing.assert_allclose(got[channels:-1], samples.var(0), rtol=1e-3, atol=1e-4)
+                else:
+                    np.testing.assert_allclose(got[:-1], 0, atol=1e-6)
+                assert got[-1] == pytest.approx(len(samples) / mask.asnumpy()[b].sum())
+    assert 100 < seen_some < 2 * depths * 64  # both cases occur
+
+
+@pytest.mark.parametrize("values, named", [(dict(ray_depths=4, representation="pool"), "ray_depths 4"),
+                                           (dict(ray_depths=4, ray_near=2.0, ray_far=1.0), "ray_near 2")])
+def test_ray_volume_settings_are_checked(values, named):
+    with pytest.raises(ValueError, match=named):
+        core.ModelConfig(**values)
 
 
 def numpy_nll(target, mean, sigma):
