@@ -406,21 +406,19 @@ class RayVolume(HybridBlock):
     def out_channels(channels, depths):
         return depths * (2 * channels + 1)
 
-    def _points(self, F, query_camera):
+    def _points(self, F, query_camera, pixels, planes):
         """World points (B, 1, 3, D, h*w) at the D depths of each query state pixel's ray."""
         n, d = self._size, self._depths
         origin, forward, right, down = (F.reshape(a, shape=(0, 3, 1, 1)) for a in _camera_axes(F, query_camera))
-        grid = (2 * (F.arange(0, n) + 0.5) / n - 1) * self._tan                     # (n,): pixel centres
+        grid = (2 * (pixels + 0.5) / n - 1) * self._tan                              # (1, n): pixel centres
         across, along = F.reshape(grid, shape=(1, 1, 1, n)), F.reshape(grid, shape=(1, 1, n, 1))
         rays = F.broadcast_add(F.broadcast_add(forward, F.broadcast_mul(right, across)),
                                F.broadcast_mul(down, along))                         # (B, 3, h, w), depth 1
         rays = F.reshape(rays, shape=(0, 1, 3, 1, -1))                               # (B, 1, 3, 1, h*w)
-        steps = F.arange(0, d) / max(d - 1, 1)
-        depths = 1.0 / (1.0 / self._near + steps * (1.0 / self._far - 1.0 / self._near))  # (D,)
-        depths = F.reshape(depths, shape=(1, 1, 1, d, 1))
+        depths = F.reshape(planes, shape=(1, 1, 1, d, 1))
         return F.broadcast_add(F.reshape(origin, shape=(0, 1, 3, 1, 1)), F.broadcast_mul(rays, depths))
 
-    def _project(self, F, points, context_cameras, mask):
+    def _project(self, F, points, context_cameras, mask, pixels):
         """Points (B, 1, 3, P) seen from each context camera (B, K, 7), P = D*h*w -> the bilinear weights of the
         view's pixels (B*K, P, h*w) and whether the view sees the point (B, K, P), 0 or 1."""
         n = self._size
@@ -436,7 +434,7 @@ class RayVolume(HybridBlock):
         inside = (depth > 1e-2) * (F.abs(across) < 1) * (F.abs(along) < 1)
         seen = F.broadcast_mul(inside, F.expand_dims(mask, axis=2))                   # (B, K, P)
         # bilinear sampling as a matrix: the tent weights of each point on the n columns and n rows of pixels
-        pixels = F.reshape(F.arange(0, n), shape=(1, 1, n))
+        pixels = F.reshape(pixels, shape=(1, 1, n))
 
         def tent(coord):  # (B, K, P) in -1..1 -> (B*K, P, n)
             coord = F.reshape((coord + 1) * (n / 2.0) - 0.5, shape=(-3, 0, 1))
@@ -444,9 +442,18 @@ class RayVolume(HybridBlock):
         weights = F.broadcast_mul(F.expand_dims(tent(along), axis=3), F.expand_dims(tent(across), axis=2))
         return F.reshape(weights, shape=(0, 0, -3)), seen                              # (B*K, P, n*n)
 
+    def _constants(self, F, views):
+        """Pixel indices (n,) 0..n-1 and the D depths (D,), evenly spaced in 1/depth. Made from an input with
+        arange_like: F.arange has no input, which MXNet's AMP wrappers cannot take."""
+        count = F.cast(F.reshape(F.contrib.arange_like(views), shape=(-1,)), "float32")  # 0, 1, 2, ...
+        pixels = F.slice_axis(count, axis=0, begin=0, end=self._size)
+        steps = F.slice_axis(count, axis=0, begin=0, end=self._depths) / max(self._depths - 1, 1)
+        return pixels, 1.0 / (1.0 / self._near + steps * (1.0 / self._far - 1.0 / self._near))
+
     def hybrid_forward(self, F, views, context_cameras, mask, query_camera):
-        points = F.reshape(self._points(F, query_camera), shape=(0, 0, 0, -1))       # (B, 1, 3, P), P = D*h*w
-        weights, seen = self._project(F, points, context_cameras, mask)
+        pixels, planes = self._constants(F, views)
+        points = F.reshape(self._points(F, query_camera, pixels, planes), shape=(0, 0, 0, -1))  # (B, 1, 3, D*h*w)
+        weights, seen = self._project(F, points, context_cameras, mask, pixels)
         weights, seen = F.BlockGrad(weights), F.BlockGrad(seen)                      # geometry, not learned
         maps = F.reshape(self.map(views), shape=(0, 0, -1))                          # (B*K, E, h*w)
         samples = F.batch_dot(maps, weights, transpose_b=True)                      # (B*K, E, P)

@@ -93,6 +93,16 @@ def test_amp_graph_casts_convolutions_and_concats_type_check():
     assert types[[name for name in types if name.startswith("gqn0_add_n")][-1]] == "<f4"  # the KL sum stays fp32
 
 
+def test_amp_graph_with_the_ray_volume_type_checks_and_keeps_its_geometry_in_fp32():
+    script = GRAPH.replace("config = core.ModelConfig(**SMALL)",
+                           "config = core.ModelConfig(ray_depths=4, ray_channels=16, **SMALL)")
+    types = run(script)["types"]
+    volume = {name: t for name, t in types.items() if "_rayvolume0_" in name}
+    assert any("conv" in name and t == "bfloat16" for name, t in volume.items())  # its 1x1 map in bf16
+    geometry = [name for name in volume if re.search(r"batch_dot|broadcast_|clip|maximum", name)]
+    assert geometry and all(volume[name] == "<f4" for name in geometry), {n: volume[n] for n in geometry}
+
+
 def test_bf16_gradients_match_fp32_or_amp_refuses_clearly():
     result = run(GRADIENTS)
     if not result["supported"]:
