@@ -212,10 +212,12 @@ def test_exported_renderer_matches_the_model(run, tmp_path):
     check_export(run, tmp_path)
 
 
-def test_exported_renderer_with_attention_matches_the_model(tmp_path):
-    """--attention adds the patch memory and reads to the graph; the export must carry them, for any B and K."""
-    run = dry_run(tmp_path, "--attention", "4")
-    assert json.loads((run / "config.json").read_text())["model"]["attention"] == 4
+@pytest.mark.parametrize("flag, value", [("attention", 4), ("ray_depths", 3)])
+def test_exported_renderer_with_attention_or_rays_matches_the_model(tmp_path, flag, value):
+    """--attention adds the patch memory and reads to the graph, --ray-depths the ray volume; the export must carry
+    them, for any B and K."""
+    run = dry_run(tmp_path, "--" + flag.replace("_", "-"), str(value))
+    assert json.loads((run / "config.json").read_text())["model"][flag] == value
     check_export(run, tmp_path / "export")
 
 
