@@ -300,6 +300,8 @@ class ModelConfig:
         if self.ray_depths and self.representation != "tower":
             raise ValueError("ray_depths %d: needs the tower representation, whose maps keep each view's layout "
                              "(representation %r)" % (self.ray_depths, self.representation))
+        if not self.field_of_view < 180:
+            raise ValueError("field_of_view %g: valid above 0 and below 180 (degrees)" % self.field_of_view)
         if self.ray_depths and not self.ray_near < self.ray_far:
             raise ValueError("ray_near %g, ray_far %g: the nearest depth must be below the farthest"
                              % (self.ray_near, self.ray_far))

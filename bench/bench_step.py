@@ -1,7 +1,8 @@
 """Seconds per training step, samples/s, conv GFLOP/s and peak RSS of GQN at the paper config (Tower, L=12, 64x64, K=5).
 
 Example: python bench/bench_step.py --batch 8 36 --repeats 5 --precision fp32 bf16 --loader
-         python bench/bench_step.py --preset cpu-demo --batch 16 --canvas-read     (train_gqn.py's cpu-demo model)
+         python bench/bench_step.py --preset cpu-demo --batch 16 --canvas-read --ray-depths 12   (train_gqn.py's
+         cpu-demo model; without --ray-depths, its network without the ray volume, as the PyTorch reference)
 Each (batch, precision) runs in its own process so that peak RSS is that configuration's alone. bf16 is
 mx.contrib.amp through gqn/amp.py; a CPU without bf16 kernels gets a row saying why instead of a time.
 --loader adds bench/bench_loader.py's scenes/s of the data loader.
@@ -42,7 +43,8 @@ def run_one(args):
         except amp.AmpUnsupported as error:
             print(json.dumps(dict(row, error=str(error))))
             return
-    config = model_config(args.preset, shared_cores=not args.unshared, canvas_to_inference=bool(args.canvas_read))
+    config = model_config(args.preset, shared_cores=not args.unshared, canvas_to_inference=bool(args.canvas_read),
+                          ray_depths=args.ray_depths)
     S = config.image_size
     mx.random.seed(0)
     model = core.GQN(config, mixed_precision=amp.enabled())
@@ -70,10 +72,11 @@ def run_one(args):
 
 
 def model_config(preset, **overrides):
-    """core.ModelConfig of the paper, or of train_gqn.py's cpu-demo preset, with `overrides`."""
+    """core.ModelConfig of the paper, or of train_gqn.py's cpu-demo preset, with `overrides` (the network sizes:
+    the ray volume only where `ray_depths` is given, as the PyTorch reference has none)."""
     import core
     from gqn.presets import PRESETS
-    values = {} if preset == "paper" else PRESETS[preset]
+    values = dict({} if preset == "paper" else PRESETS[preset], ray_depths=0)
     return core.ModelConfig(**dict({k: v for k, v in values.items() if k in core.ModelConfig.__annotations__},
                                    **overrides))
 
@@ -89,6 +92,9 @@ def main():
     parser.add_argument("--canvas-read", action=argparse.BooleanOptionalAction, default=False,
                         help="inference core reads the canvas; off (the default) matches the PyTorch reference port")
     parser.add_argument("--unshared", action="store_true", help="one core per step (default: shared)")
+    parser.add_argument("--ray-depths", type=int, default=0,
+                        help="the generator's ray volume at D depths (train_gqn.py --ray-depths; default: 0 = off, "
+                             "as the PyTorch reference)")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                         help="fp32 and/or bf16 (AMP) rows (default: fp32)")
     parser.add_argument("--amp", action="store_true", help="same as --precision bf16")
@@ -129,6 +135,7 @@ def run_subprocess(args, batch, precision):
            "--canvas-read" if args.canvas_read else "--no-canvas-read",
            "--precision", precision]
     cmd += ["--unshared"] if args.unshared else []
+    cmd += ["--ray-depths", str(args.ray_depths)]
     cmd += ["--dynamic-alloc"] if args.dynamic_alloc else []
     cmd += ["--micro-batch", str(args.micro_batch)] if args.micro_batch else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]

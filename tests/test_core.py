@@ -232,7 +232,8 @@ def test_ray_volume_matches_numpy():
 
 
 @pytest.mark.parametrize("values, named", [(dict(ray_depths=4, representation="pool"), "ray_depths 4"),
-                                           (dict(ray_depths=4, ray_near=2.0, ray_far=1.0), "ray_near 2")])
+                                           (dict(ray_depths=4, ray_near=2.0, ray_far=1.0), "ray_near 2"),
+                                           (dict(ray_depths=4, field_of_view=180.0), "field_of_view 180")])
 def test_ray_volume_settings_are_checked(values, named):
     with pytest.raises(ValueError, match=named):
         core.ModelConfig(**values)
