@@ -18,7 +18,7 @@ DEMO_RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
 	$(PY) train_gqn.py --preset cpu-demo --run-dir $(DEMO_RUN)
 	$(PY) evaluate_gqn.py $(DEMO_RUN) --scenes 200 --samples 4 --json $(DEMO_RUN)/evaluation.json
-	$(PY) render_gqn.py $(DEMO_RUN) --scene 0 --context 3 --out-dir $(DEMO_RUN)/render
+	$(PY) render_gqn.py $(DEMO_RUN) --scene 0 --context 3 --zoom 3 --out-dir $(DEMO_RUN)/render
 	@echo "Done. Prediction grid: $(DEMO_RUN)/val-grid-latest.png  curves: tensorboard --logdir $(DEMO_RUN)"
 
 test: $(STAMP)

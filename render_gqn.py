@@ -114,6 +114,8 @@ def parse_args(argv=None):
     parser.add_argument("--views", type=cli.bounded(int, 1), default=36,
                         help="cameras on the ring, frames of the GIF (default: 36)")
     parser.add_argument("--seed", type=cli.bounded(int, 0), default=0, help="seed of the noise (default: 0)")
+    parser.add_argument("--zoom", type=cli.bounded(int, 1), default=1,
+                        help="enlarge the GIF and PNG by this factor, each pixel a block (default: 1)")
     cli.add_devices(parser, several=False)
     cli.add_workers(parser, "processes rendering a synthetic split on first use")
     parser.add_argument("--out-dir", default="renders", help="output directory (default: renders)")
@@ -162,8 +164,8 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, "%s-%s-%d" % (args.dataset or state["config"]["dataset"], args.split, args.scene))
     fly_around = beside_truth(images.to_uint8(fly_around), source, args.split, args.scene, ring)
-    images.save_gif(fly_around, stem + "-ring.gif")
-    images.save_png(grid, stem + "-views.png")
+    images.save_gif(images.enlarge(fly_around, args.zoom), stem + "-ring.gif")
+    images.save_png(images.enlarge(grid, args.zoom), stem + "-views.png")
     print("%s, %d context views, step %d of %s: wrote %s-ring.gif (%d frames) and %s-views.png (%d held-out views)"
           % (where, args.context, state["step"], state["directory"], stem, args.views, stem, count))
 

@@ -64,6 +64,12 @@ def tile_rows(tiles):
     return canvas
 
 
+def enlarge(image, factor):
+    """uint8 (..., H, W, 3) -> (..., H*factor, W*factor, 3): each pixel a factor x factor block, so a 32x32 view
+    can be seen on a screen without the blur of an interpolating viewer."""
+    return image.repeat(factor, axis=-3).repeat(factor, axis=-2)
+
+
 def save_png(image, path):
     Image.fromarray(image).save(path)
 

@@ -166,6 +166,18 @@ def test_render_writes_a_ring_gif_and_a_grid_of_held_out_views(run, tmp_path):
     assert gif.n_frames == 8 and grid.shape == (HEADER + (VIEWS - 5) * (SIZE + 2) + 2, (5 + 2) * (SIZE + 2) + 2, 3)
 
 
+def test_render_zoom_enlarges_every_pixel_into_a_block(run, tmp_path):
+    gif, grid = render(run, tmp_path / "1", "--scene", 1, "--views", 4)
+    big_gif, big_grid = render(run, tmp_path / "3", "--scene", 1, "--views", 4, "--zoom", 3)
+    assert big_gif.size == (3 * gif.size[0], 3 * gif.size[1]) and big_gif.n_frames == gif.n_frames == 4
+    np.testing.assert_array_equal(big_grid, grid.repeat(3, axis=0).repeat(3, axis=1))
+    for frame in range(4):
+        gif.seek(frame)
+        big_gif.seek(frame)
+        small = np.asarray(gif.convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(big_gif.convert("RGB")), small.repeat(3, axis=0).repeat(3, axis=1))
+
+
 def test_render_puts_the_true_view_from_each_ring_camera_beside_the_prediction(run, tmp_path):
     gif, _ = render(run, tmp_path, "--scene", 1, "--views", 4)
     root = run_dataset_root(load_model(str(run), mx.cpu(), core.GQN.from_config)[1])
