@@ -398,7 +398,7 @@ class RayVolume(HybridBlock):
 
     def __init__(self, r_channels, channels, size, depths, fov_degrees, near, far, **kwargs):
         super().__init__(**kwargs)
-        self._size, self._channels, self._depths = size, channels, depths
+        self._size, self._depths = size, depths
         self._tan = math.tan(math.radians(fov_degrees) / 2)
         self._near, self._far = near, far
         with self.name_scope():
@@ -467,8 +467,8 @@ class RayVolume(HybridBlock):
         seen_by = F.batch_dot(ones, seen)                                            # (B, 1, P): views per point
         share = F.broadcast_div(seen_by, F.reshape(F.sum(mask, axis=1), shape=(-1, 1, 1)))
         both = F.BlockGrad(F.reshape(F.broadcast_like(F.expand_dims(seen, axis=2), samples), shape=(0, 0, -1)))
-        per_point = F.BlockGrad(F.broadcast_like(F.expand_dims(1 / F.maximum(seen_by, 1), axis=2), F.slice_axis(samples, axis=1, begin=0,
-                                                                                         end=1)))  # (B, 1, E, P)
+        first_view = F.slice_axis(samples, axis=1, begin=0, end=1)                  # (B, 1, E, P)
+        per_point = F.BlockGrad(F.broadcast_like(F.expand_dims(1 / F.maximum(seen_by, 1), axis=2), first_view))
         samples = F.reshape(samples, shape=(0, 0, -1))                               # (B, K, E*P)
         mean = F.reshape_like(F.batch_dot(ones, samples * both), per_point) * per_point
         square = F.reshape_like(F.batch_dot(ones, F.square(samples) * both), per_point) * per_point
@@ -569,7 +569,7 @@ class GQN(HybridBlock):
         r, views = self._represent(F, context_frames, context_cameras, context_mask)  # (B, R, h, w), (B*K, ...)
         memory = self.memory(views, context_mask) if self.config.attention else None
         query_map = _camera_map(F, query_camera, self._size)                    # (B, 7, h, w)
-        if self.config.ray_depths:                                              # (B, D*(2E+1), h, w)
+        if self.config.ray_depths:                                              # volume (B, (2E+1)*D, h, w)
             const_g = self.gen_const(query_map, r, self.rays(views, context_cameras, context_mask, query_camera))
         else:
             const_g = self.gen_const(query_map, r)                              # (B, cores*4C, h, w)
