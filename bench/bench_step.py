@@ -92,7 +92,7 @@ def main():
     parser.add_argument("--canvas-read", action=argparse.BooleanOptionalAction, default=False,
                         help="inference core reads the canvas; off (the default) matches the PyTorch reference port")
     parser.add_argument("--unshared", action="store_true", help="one core per step (default: shared)")
-    parser.add_argument("--ray-depths", type=int, default=0,
+    parser.add_argument("--ray-depths", type=cli.bounded(int, 0), default=0,
                         help="the generator's ray volume at D depths (train_gqn.py --ray-depths; default: 0 = off, "
                              "as the PyTorch reference)")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
